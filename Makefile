@@ -1,0 +1,51 @@
+# sweeplab — every target sets up what it needs (`make install` is a prerequisite of all others).
+# `make help` lists them.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= $(or $(SWEEPLAB_OUTPUT),$(CURDIR)/outputs)
+SWEEP ?= synthetic
+ARGS ?=
+PORT ?= 5000
+
+.DEFAULT_GOAL := help
+.PHONY: help install train sweep test test-fast lint format ui clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## create .venv and install sweeplab (editable) with the pinned versions
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $@
+
+train: install ## one training run: make train ARGS="model.d_hidden=8 optimizer=sgd"
+	$(PY) -m sweeplab.train $(ARGS)
+
+sweep: install ## an Optuna sweep: make sweep [SWEEP=mnist] [ARGS="trainer.epochs=10"]
+	$(PY) -m sweeplab.sweep sweep=$(SWEEP) $(ARGS)
+
+test: install ## the whole test suite, slow end-to-end tests included
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install ## the tests not marked slow
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+ui: install ## the MLflow UI on http://127.0.0.1:$(PORT) (local only)
+	mkdir -p $(OUT)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(OUT)/mlflow.db \
+		--default-artifact-root $(OUT)/mlartifacts --host 127.0.0.1 --port $(PORT)
+
+clean: ## delete generated output (MLflow store, studies, Hydra runs); keeps .venv and data/
+	rm -rf $(OUT)

@@ -1,0 +1,220 @@
+"""MLflow tracking behind one module: one run per training, metrics per epoch, artifacts at the end.
+
+    with tracked_run(cfg) as run:          # creates the run; logs params, tags and the config YAML
+        result = trainer.run(cfg, [run])   # run.on_epoch_end logs the epoch's metrics (step=epoch)
+        run.log_result(result)             # test metrics, plots, model weights
+
+The run ends FINISHED, FAILED if the block raised (with a `failure_reason` tag and the traceback as
+an artifact), or KILLED on Ctrl-C/SIGTERM. The default store is SQLite plus an artifact folder
+under the project's output folder (`sweeplab.config.output_dir`), wherever the command runs from.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sweeplab.config import PROJECT_ROOT, Config, TrackingConfig, output_dir, to_flat_dict, to_yaml
+from sweeplab.trainer import Callback, TrainResult
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
+MAX_BATCH = 100  # MLflow's limit of params or tags per log_batch call
+
+
+def store_uri(cfg: TrackingConfig) -> str:
+    """The tracking URI to use: the configured one, or the project's SQLite store."""
+    return cfg.uri or f"sqlite:///{output_dir() / 'mlflow.db'}"
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts beside a SQLite store (`<db dir>/mlartifacts/<experiment>`); servers choose their own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / folder).as_uri()
+
+
+@functools.lru_cache(maxsize=8)
+def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
+    """A client for `uri` and the id of `experiment` (created if new). Done once per process."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RuntimeError(f"tracking.uri={uri}: cannot create {db.parent}: {err}") from None
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return client, found.experiment_id
+    try:
+        return client, client.create_experiment(experiment, _artifact_location(uri, experiment))
+    except MlflowException:  # another process created it first
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        return client, found.experiment_id
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The checkout's commit (suffixed `-dirty` with local changes), or None outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def default_run_name(cfg: Config) -> str:
+    return f"{cfg.data.name}-h{cfg.model.d_hidden}-{cfg.model.activation}-{cfg.optimizer.name}"
+
+
+class MlflowRun(Callback):
+    """One MLflow run: a training callback that logs each epoch's metrics (step = epoch).
+
+    Metrics are buffered and written at most once a second (one batched call), so logging stays
+    a small fraction of training even for epochs of a few milliseconds; `end` flushes them.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = 1.0) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.flush_every_s = flush_every_s
+        self._pending: list = []
+        self._last_flush = time.monotonic()
+
+    @classmethod
+    def start(
+        cls, cfg: Config, parent_run_id: str | None = None, tags: dict[str, str] | None = None
+    ) -> MlflowRun:
+        from mlflow.entities import Param
+
+        client, experiment_id = connect(store_uri(cfg.tracking), cfg.tracking.experiment)
+        all_tags = {"dataset": cfg.data.name, "seed": str(cfg.seed), **(tags or {})}
+        if commit := git_commit():
+            all_tags["mlflow.source.git.commit"] = commit
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        created = client.create_run(
+            experiment_id, tags=all_tags, run_name=cfg.tracking.run_name or default_run_name(cfg)
+        )
+        run = cls(client, created.info.run_id)
+        params = [
+            Param(key, str(value)[:6000])
+            for key, value in to_flat_dict(cfg).items()
+            if key != "sweep"
+        ]
+        for i in range(0, len(params), MAX_BATCH):
+            client.log_batch(run.run_id, params=params[i : i + MAX_BATCH])
+        client.log_text(run.run_id, to_yaml(cfg), "config.yaml")
+        return run
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.log_metrics(metrics, step=epoch)
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
+
+    def flush(self) -> None:
+        for i in range(0, len(self._pending), 1000):  # MLflow's metrics-per-batch limit
+            self.client.log_batch(self.run_id, metrics=self._pending[i : i + 1000])
+        self._pending = []
+        self._last_flush = time.monotonic()
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def log_result(self, result: TrainResult, cfg: Config) -> None:
+        """Final test metrics, then the plots and the trained weights as artifacts."""
+        import torch
+
+        step = len(result.history)
+        test = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
+        self.log_metrics(test, step=step)
+        self.flush()
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            if cfg.tracking.log_plots:
+                from sweeplab import plots
+
+                plots.save_run_plots(result, folder)
+            if cfg.tracking.log_model and result.model is not None:
+                torch.save(result.model.state_dict(), folder / "model_state_dict.pt")
+            if any(folder.iterdir()):
+                self.client.log_artifacts(self.run_id, str(folder))
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        self.flush()
+        if reason:
+            self.client.set_tag(self.run_id, "failure_reason", reason[:5000])
+        self.client.set_terminated(self.run_id, status)
+
+    def fail(self, err: BaseException) -> None:
+        """End FAILED, with the error as a tag and the full traceback as an artifact."""
+        try:
+            self.flush()
+        finally:
+            text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            self.client.log_text(self.run_id, text, "traceback.txt")
+            self.end("FAILED", f"{type(err).__name__}: {err}")
+
+
+@contextmanager
+def tracked_run(
+    cfg: Config,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    finished_on: tuple[type[BaseException], ...] = (),
+) -> Iterator[MlflowRun]:
+    """An MLflow run around a block. Exceptions in `finished_on` (e.g. a pruned trial) still end
+    it FINISHED; Ctrl-C ends it KILLED; anything else FAILED. The exception always propagates."""
+    run = MlflowRun.start(cfg, parent_run_id, tags)
+    try:
+        yield run
+    except finished_on:
+        run.end("FINISHED")
+        raise
+    except KeyboardInterrupt:
+        run.end("KILLED", "interrupted (Ctrl-C or SIGTERM)")
+        raise
+    except BaseException as err:
+        run.fail(err)
+        raise
+    else:
+        run.end("FINISHED")

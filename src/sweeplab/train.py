@@ -1,0 +1,93 @@
+"""Train one 2-layer network from the Hydra config and track it in MLflow.
+
+    python -m sweeplab.train                                   # the synthetic task, defaults
+    python -m sweeplab.train model.d_hidden=8 model.activation=relu optimizer=sgd optimizer.lr=0.1
+    python -m sweeplab.train experiment=seed_synthetic         # the lecture's first demo
+    python -m sweeplab.train --cfg job                         # print the composed config only
+
+Hydra stays here at the edge: the `@hydra.main` function turns the composed config into typed
+dataclasses and calls `train_and_track`, a plain function that sweeps and tests call too.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+import hydra
+from omegaconf import DictConfig
+
+from sweeplab.config import CONF_DIR, Config, ConfigError, register_configs, to_config
+
+if TYPE_CHECKING:
+    from sweeplab.trainer import Callback, TrainResult
+
+
+def train_and_track(
+    cfg: Config,
+    callbacks: tuple[Callback, ...] = (),
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    finished_on: tuple[type[BaseException], ...] = (),
+) -> tuple[TrainResult, str]:
+    """Train `cfg` inside one MLflow run; return the result and the run id.
+
+    A sweep trial is the same call with a parent run, its pruning callback, and
+    `finished_on=(TrialPruned,)` so that a pruned trial's run still ends FINISHED.
+    """
+    from sweeplab import tracking, trainer
+
+    with tracking.tracked_run(cfg, parent_run_id, tags, finished_on) as run:
+        progress = trainer.ProgressBar(cfg.trainer.epochs, cfg.trainer.progress)
+        try:
+            result = trainer.run(cfg, callbacks=(run, *callbacks, progress))
+        finally:
+            progress.close()
+        run.log_result(result, cfg)
+    return result, run.run_id
+
+
+def raise_keyboard_interrupt_on_sigterm() -> None:
+    """Let SIGTERM unwind like Ctrl-C, so runs end KILLED and storages stay consistent."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def summary(cfg: Config, result: TrainResult, run_id: str) -> str:
+    from sweeplab.tracking import store_uri
+
+    shown = ", ".join(
+        f"{key}={value:.4f}"
+        for key, value in result.metrics.items()
+        if key.startswith(("test/", "val/"))
+    )
+    return (
+        f"{len(result.history)} epochs: {shown}\n"
+        f"MLflow run {run_id} in experiment '{cfg.tracking.experiment}' "
+        f"(store {store_uri(cfg.tracking)}); browse it with `make ui`"
+    )
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_main(composed: DictConfig) -> None:
+    try:
+        cfg = to_config(composed)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    raise_keyboard_interrupt_on_sigterm()
+    result, run_id = train_and_track(cfg)
+    print(summary(cfg, result, run_id))
+
+
+def main() -> None:
+    register_configs()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""`python -m sweeplab.train` as a user runs it: real subprocesses, a temp output folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import TINY, run_cli
+
+
+@pytest.mark.slow
+def test_train_with_defaults_prints_where_the_run_is(_isolated_output):
+    done = run_cli(
+        "sweeplab.train",
+        "trainer.epochs=5",
+        "trainer.progress=false",
+        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "MLflow run " in done.stdout and "test/acc=" in done.stdout
+    assert str(_isolated_output / "mlflow.db") in done.stdout
+    assert (_isolated_output / "mlflow.db").exists()
+
+
+def test_print_config_only(_isolated_output):
+    done = run_cli("sweeplab.train", "--cfg", "job", "model.d_hidden=17")
+    assert done.returncode == 0, done.stderr
+    assert "d_hidden: 17" in done.stdout
+    assert not (_isolated_output / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("model.d_hidden=0", "model.d_hidden=0"),
+        ("optimizer.lr=-1", "optimizer.lr=-1"),
+        ("trainer.batch_size=0", "trainer.batch_size=0"),
+        ("trainer.epochs=0", "trainer.epochs=0"),
+        ("model.activation=swish", "model.activation='swish'"),
+    ],
+)
+def test_bad_value_exits_nonzero_naming_it_before_any_run(override, named, _isolated_output):
+    done = run_cli(
+        "sweeplab.train", *TINY, override, env={"SWEEPLAB_OUTPUT": str(_isolated_output)}
+    )
+    assert done.returncode == 2
+    assert named in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (_isolated_output / "mlflow.db").exists()  # no MLflow store, so no run
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("model.width=3", "model.width"),
+        ("model.d_hidden=wide", "d_hidden"),
+        ("optimizer=adamax", "adamax"),
+    ],
+)
+def test_unknown_key_wrong_type_or_option_fails_at_compose(override, named, _isolated_output):
+    done = run_cli(
+        "sweeplab.train", *TINY, override, env={"SWEEPLAB_OUTPUT": str(_isolated_output)}
+    )
+    assert done.returncode != 0
+    assert named in done.stderr
+    assert not (_isolated_output / "mlflow.db").exists()

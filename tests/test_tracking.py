@@ -1,0 +1,127 @@
+"""A training run read back from a real MLflow store through the MLflow client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from sweeplab.tracking import git_commit
+from sweeplab.train import train_and_track
+from sweeplab.trainer import Callback, DivergenceError
+
+
+def artifact_names(client, run_id):
+    return {a.path for a in client.list_artifacts(run_id)}
+
+
+def test_run_logs_params_metrics_tags_and_artifacts(make_config, mlflow_uri):
+    cfg = make_config("trainer.epochs=3", "model.d_hidden=3", "seed=5")
+    result, run_id = train_and_track(cfg)
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.d_hidden"] == "3"
+    assert params["optimizer.name"] == "adam"
+    assert params["optimizer.lr"] == "0.01"
+    assert params["data.n_train"] == "200"
+    assert params["seed"] == "5"
+    history = client.get_metric_history(run_id, "val/acc")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert [m.value for m in history] == [h["val/acc"] for h in result.history]
+    for key in ("train/loss", "train/acc", "val/loss", "time/epoch_s"):
+        assert len(client.get_metric_history(run_id, key)) == 3
+    assert run.data.metrics["test/acc"] == pytest.approx(result.metrics["test/acc"])
+    assert run.data.tags["dataset"] == "synthetic"
+    assert run.data.tags["seed"] == "5"
+    assert (
+        run.data.tags.get("mlflow.source.git.commit") == git_commit()
+    )  # None before a first commit
+    names = artifact_names(client, run_id)
+    assert {
+        "config.yaml",
+        "learning_curves.png",
+        "decision_region.png",
+        "hidden_units.png",
+        "model_state_dict.pt",
+    } <= names
+
+
+def test_logged_weights_reload_safely(make_config, mlflow_uri, tmp_path):
+    cfg = make_config()
+    result, run_id = train_and_track(cfg)
+    path = MlflowClient(mlflow_uri).download_artifacts(run_id, "model_state_dict.pt", str(tmp_path))
+    state = torch.load(path, weights_only=True)
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(state[key].cpu(), value.cpu())
+
+
+def test_logged_config_reruns_to_the_same_config(make_config, mlflow_uri, tmp_path):
+    import yaml
+
+    from sweeplab.config import to_config
+
+    cfg = make_config("optimizer=sgd", "model.activation=tanh")
+    _, run_id = train_and_track(cfg)
+    path = MlflowClient(mlflow_uri).download_artifacts(run_id, "config.yaml", str(tmp_path))
+    assert to_config(yaml.safe_load(Path(path).read_text())) == cfg
+
+
+def test_regression_run_has_no_accuracy_and_no_decision_region(make_config, mlflow_uri):
+    _, run_id = train_and_track(make_config("data=regression"))
+    client = MlflowClient(mlflow_uri)
+    assert "val/acc" not in client.get_run(run_id).data.metrics
+    names = artifact_names(client, run_id)
+    assert "hidden_units.png" in names and "decision_region.png" not in names
+
+
+def test_failed_training_ends_failed_with_reason_and_traceback(make_config, mlflow_uri):
+    cfg = make_config(
+        "data=regression",
+        "optimizer=sgd",
+        "optimizer.lr=1e6",
+        "model.activation=relu",
+        "trainer.epochs=30",
+        "tracking.run_name=diverges",
+    )
+    with pytest.raises(DivergenceError):
+        train_and_track(cfg)
+    client = MlflowClient(mlflow_uri)
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("sweeplab").experiment_id],
+        "attributes.run_name = 'diverges'",
+    )
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"].startswith("DivergenceError: train/loss=")
+    assert "traceback.txt" in artifact_names(client, run.info.run_id)
+
+
+def test_ctrl_c_ends_the_run_killed(make_config, mlflow_uri):
+    class CtrlC(Callback):
+        def on_epoch_end(self, epoch, metrics):
+            raise KeyboardInterrupt
+
+    cfg = make_config("tracking.run_name=interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        train_and_track(cfg, callbacks=(CtrlC(),))
+    client = MlflowClient(mlflow_uri)
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("sweeplab").experiment_id],
+        "attributes.run_name = 'interrupted'",
+    )
+    assert run.info.status == "KILLED"
+    # what was logged before the interrupt is kept
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 1
+
+
+def test_default_store_is_under_the_output_folder(make_config, _isolated_output):
+    cfg = make_config("tracking.uri=null", "tracking.log_plots=false", "tracking.log_model=false")
+    _, run_id = train_and_track(cfg)
+    assert (_isolated_output / "mlflow.db").exists()
+    client = MlflowClient(f"sqlite:///{_isolated_output / 'mlflow.db'}")
+    artifact_uri = client.get_run(run_id).info.artifact_uri
+    assert artifact_uri.startswith((_isolated_output / "mlartifacts").as_uri())
+    assert "config.yaml" in artifact_names(client, run_id)

@@ -1,0 +1,113 @@
+"""The training loop: metrics returned, mini-batches per epoch, determinism, divergence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from sweeplab import trainer
+from sweeplab.trainer import Callback, DivergenceError
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.epochs = []
+
+    def on_epoch_end(self, epoch, metrics):
+        self.epochs.append((epoch, dict(metrics)))
+
+
+def test_run_returns_per_epoch_and_final_metrics(make_config):
+    cfg = make_config("trainer.epochs=4")
+    recorder = Recorder()
+    result = trainer.run(cfg, [recorder])
+    assert [e for e, _ in recorder.epochs] == [1, 2, 3, 4]
+    assert len(result.history) == 4
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "time/epoch_s"):
+        assert key in recorder.epochs[0][1]
+    assert {"test/loss", "test/acc"} <= result.metrics.keys()
+    assert 0 <= result.metrics["test/acc"] <= 1
+
+
+def test_each_epoch_makes_ceil_n_over_b_steps(make_config):
+    cfg = make_config("data.n_train=230", "trainer.batch_size=50", "trainer.epochs=2")
+    steps = []
+    handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(1))
+    try:
+        trainer.run(cfg)
+    finally:
+        handle.remove()
+    assert len(steps) == 2 * math.ceil(230 / 50)
+
+
+def test_same_seed_gives_identical_metrics_other_seed_does_not(make_config):
+    a = trainer.run(make_config("seed=3")).history
+    b = trainer.run(make_config("seed=3")).history
+    c = trainer.run(make_config("seed=4")).history
+    strip = lambda h: [{k: v for k, v in m.items() if not k.startswith("time/")} for m in h]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert strip(a) != strip(c)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "rmsprop", "adagrad"])
+def test_every_optimizer_learns_the_synthetic_task(make_config, optimizer):
+    cfg = make_config(
+        f"optimizer={optimizer}",
+        "model.d_hidden=16",
+        "model.activation=relu",
+        "trainer.epochs=15",
+        "data.n_train=400",
+    )
+    result = trainer.run(cfg)
+    assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
+
+
+def test_optimizer_uses_fast_kernels(make_config):
+    cfg = make_config("optimizer=sgd")
+    opt = trainer.build_optimizer([torch.nn.Parameter(torch.zeros(3))], cfg.optimizer)
+    assert opt.defaults.get("fused") or opt.defaults.get("foreach")
+    assert opt.defaults["momentum"] == 0.9
+
+
+def test_regression_task_trains_with_squared_error(make_config):
+    result = trainer.run(make_config("data=regression", "model.d_hidden=32", "trainer.epochs=10"))
+    assert "train/acc" not in result.history[0]
+    assert result.history[-1]["val/loss"] < result.history[0]["val/loss"]
+    assert "test/acc" not in result.metrics
+
+
+def test_divergence_stops_at_that_epoch(make_config):
+    cfg = make_config(
+        "optimizer=sgd",
+        "optimizer.lr=1e6",
+        "model.activation=relu",
+        "trainer.epochs=20",
+        "data=regression",
+    )
+    recorder = Recorder()
+    with pytest.raises(DivergenceError, match="train/loss=(nan|inf)"):
+        trainer.run(cfg, [recorder])
+    assert len(recorder.epochs) < 20
+
+
+def test_a_callback_can_stop_training(make_config):
+    class Stop(Callback):
+        def on_epoch_end(self, epoch, metrics):
+            if epoch == 2:
+                raise RuntimeError("stop")
+
+    recorder = Recorder()
+    with pytest.raises(RuntimeError, match="stop"):
+        trainer.run(make_config("trainer.epochs=5"), [recorder, Stop()])
+    assert len(recorder.epochs) == 2
+
+
+def test_device_auto_is_cpu_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert trainer.resolve_device("auto").type == "cpu"
+    with pytest.raises(RuntimeError, match="trainer.device='cuda'"):
+        trainer.resolve_device("cuda")
