@@ -150,6 +150,29 @@ class TrackingConfig:
     log_model: bool = True  # the trained state_dict
 
 
+# --- sweep ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepConfig:
+    """An Optuna study; field names follow hydra-optuna-sweeper where it has them."""
+
+    study_name: str | None = None  # null = the sweep file's name
+    direction: str = "maximize"  # maximize | minimize
+    objective: str | None = None  # a per-epoch metric; null = `optimized_metric`, else val/acc
+    n_trials: int = 20  # total budget: finished trials of earlier invocations count
+    timeout: float | None = None  # seconds per invocation, then no new trial starts
+    storage: str | None = None  # null = a journal file under outputs/optuna; or an RDB URL
+    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": 0})
+    pruner: dict[str, Any] = field(
+        default_factory=lambda: {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 3}
+    )
+    max_failure_rate: float = 0.5  # stop once more than this fraction of finished trials failed
+    workers: int = 1  # processes running trials at once on this machine
+    n_jobs: int | None = None  # hydra-optuna-sweeper's name for `workers`
+    params: dict[str, Any] = field(default_factory=dict)  # key -> sweep expression
+
+
 @dataclass
 class Config:
     data: DataConfig = MISSING
@@ -158,7 +181,8 @@ class Config:
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
     seed: int = 0  # seeds weight initialisation and mini-batch order
-    sweep: Any = None  # the study settings; only `python -m sweeplab.sweep` reads them
+    sweep: SweepConfig | None = None  # the study; only `python -m sweeplab.sweep` reads it
+    optimized_metric: str | None = None  # lightning-hydra-template's name for sweep.objective
 
 
 DATA_SCHEMAS: dict[str, type[DataConfig]] = {

@@ -21,9 +21,12 @@ MAX_HIDDEN_SHOWN = 16
 
 
 def _pyplot():  # noqa: ANN202 - matplotlib is imported only when a picture is made
+    import logging
+
     import matplotlib
 
     matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
     return plt
@@ -128,3 +131,39 @@ def save_hidden_units(result: TrainResult, path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def save_study_plots(study: object, folder: Path) -> list[Path]:
+    """Optuna's optimisation history, parallel coordinates, parameter importances and slice plots
+    as PNGs; a plot the study cannot make yet (e.g. importances from one trial) is skipped."""
+    import warnings
+
+    import optuna.visualization.matplotlib as ovm
+
+    plt = _pyplot()
+    makers = {
+        "optimization_history": ovm.plot_optimization_history,
+        "parallel_coordinate": ovm.plot_parallel_coordinate,
+        "param_importances": ovm.plot_param_importances,
+        "slice": ovm.plot_slice,
+    }
+    written = []
+    for name, make in makers.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = make(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:
+            print(f"note: no {name} plot ({err})")
+            continue
+        fig = np.atleast_1d(axes).ravel()[0].figure
+        if name == "slice":
+            fig.set_size_inches(max(6, 3 * len(np.atleast_1d(axes).ravel())), 3.5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fig.tight_layout()
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written

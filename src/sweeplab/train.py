@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import hydra
@@ -30,15 +31,19 @@ def train_and_track(
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
     finished_on: tuple[type[BaseException], ...] = (),
+    on_run_start: Callable[[str], None] | None = None,
 ) -> tuple[TrainResult, str]:
     """Train `cfg` inside one MLflow run; return the result and the run id.
 
-    A sweep trial is the same call with a parent run, its pruning callback, and
-    `finished_on=(TrialPruned,)` so that a pruned trial's run still ends FINISHED.
+    A sweep trial is the same call with a parent run, its pruning callback,
+    `finished_on=(TrialPruned,)` so that a pruned trial's run still ends FINISHED, and
+    `on_run_start` to record the run id on the trial before training starts.
     """
     from sweeplab import tracking, trainer
 
     with tracking.tracked_run(cfg, parent_run_id, tags, finished_on) as run:
+        if on_run_start is not None:
+            on_run_start(run.run_id)
         progress = trainer.ProgressBar(cfg.trainer.epochs, cfg.trainer.progress)
         try:
             result = trainer.run(cfg, callbacks=(run, *callbacks, progress))

@@ -1,0 +1,346 @@
+"""Sweeps end to end: real Optuna storages, a real MLflow SQLite store, real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from sweeplab.config import CONF_DIR, ConfigError, register_configs
+from sweeplab.sweep import plan_sweep, run_sweep
+
+from .conftest import run_cli
+
+SMALL = [
+    "data.n_train=200",
+    "data.n_val=100",
+    "data.n_test=100",
+    "trainer.epochs=4",
+    "tracking.log_plots=false",
+    "tracking.log_model=false",
+]
+
+
+def sweep_overrides(mlflow_uri, *extra):
+    return ["sweep=synthetic", *SMALL, f"tracking.uri={mlflow_uri}", *extra]
+
+
+def plan_and_run(overrides):
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        plan = plan_sweep(compose("config", overrides), overrides, "synthetic")
+        return plan, run_sweep(plan)
+
+
+def load(plan):
+    from sweeplab.sweep import make_storage
+
+    return optuna.load_study(study_name=plan.study_name, storage=make_storage(plan.storage))
+
+
+def children(mlflow_uri, parent_run_id):
+    client = MlflowClient(mlflow_uri)
+    parent = client.get_run(parent_run_id)
+    return client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        max_results=1000,
+    )
+
+
+def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri):
+    plan, summary = plan_and_run(
+        sweep_overrides(mlflow_uri, "sweep.n_trials=5", "sweep.study_name=e2e")
+    )
+    study = load(plan)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 5 == len(study.trials)
+    assert summary.best_value == study.best_value
+    client = MlflowClient(mlflow_uri)
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["space.model.d_hidden"] == "int(interval(1, 32))"
+    runs = children(mlflow_uri, summary.parent_run_id)
+    assert len(runs) == 5
+    by_trial = {int(r.data.tags["optuna.trial"]): r for r in runs}
+    for trial in study.trials:
+        run = by_trial[trial.number]
+        assert run.info.run_id == trial.user_attrs["mlflow_run_id"]
+        assert run.data.tags["optuna.trial_state"] == trial.state.name
+        assert run.data.params["model.d_hidden"] == str(trial.params["model.d_hidden"])
+        assert run.data.params["optimizer.name"] == trial.params["optimizer"]
+        assert float(run.data.params["optimizer.lr"]) == pytest.approx(trial.params["optimizer.lr"])
+        assert run.data.params["data.n_train"] == "200"  # the command line applies to every trial
+    # the parent tracks the best value by trial number and holds Optuna's pictures and a CSV
+    best_history = client.get_metric_history(summary.parent_run_id, "best_value")
+    assert best_history[-1].value == pytest.approx(study.best_value)
+    names = {a.path for a in client.list_artifacts(summary.parent_run_id)}
+    assert {"trials.csv", "best.yaml", "optuna"} <= names
+    plots = {a.path for a in client.list_artifacts(summary.parent_run_id, "optuna")}
+    assert "optuna/optimization_history.png" in plots
+
+
+def test_best_config_reruns_with_train(mlflow_uri, _isolated_output):
+    plan, summary = plan_and_run(
+        sweep_overrides(mlflow_uri, "sweep.n_trials=2", "sweep.study_name=best")
+    )
+    text = summary.best_config_path.read_text()
+    assert f"model:\n  d_hidden: {summary.best_params['model.d_hidden']}\n" in text
+    done = run_cli(
+        "sweeplab.train",
+        "--config-path",
+        str(summary.best_config_path.parent),
+        "--config-name",
+        "best",
+        "trainer.epochs=2",
+        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "MLflow run" in done.stdout
+
+
+def test_rerun_continues_the_study_without_rerunning(mlflow_uri):
+    first_plan, first = plan_and_run(
+        sweep_overrides(mlflow_uri, "sweep.n_trials=3", "sweep.study_name=resume")
+    )
+    before = {t.number: t.value for t in load(first_plan).trials}
+    plan, second = plan_and_run(
+        sweep_overrides(mlflow_uri, "sweep.n_trials=5", "sweep.study_name=resume")
+    )
+    trials = load(plan).trials
+    assert len(trials) == 5
+    assert {t.number: t.value for t in trials[:3]} == before
+    assert second.parent_run_id == first.parent_run_id
+    assert len(children(mlflow_uri, first.parent_run_id)) == 5
+    # and a third run with the budget already spent starts nothing
+    plan, third = plan_and_run(
+        sweep_overrides(mlflow_uri, "sweep.n_trials=5", "sweep.study_name=resume")
+    )
+    assert len(load(plan).trials) == 5 and third.stop_reason == "budget reached"
+
+
+def test_resume_with_a_changed_space_is_refused(mlflow_uri):
+    plan_and_run(sweep_overrides(mlflow_uri, "sweep.n_trials=1", "sweep.study_name=changed"))
+    with pytest.raises(ConfigError, match="different overrides"):
+        plan_and_run(
+            sweep_overrides(mlflow_uri, "sweep.n_trials=2", "sweep.study_name=changed", "seed=9")
+        )
+
+
+def test_pruning_stops_a_hopeless_trial(mlflow_uri):
+    overrides = sweep_overrides(
+        mlflow_uri,
+        "sweep.study_name=prune",
+        "sweep.n_trials=3",
+        "trainer.epochs=12",
+        "sweep.pruner.n_startup_trials=2",
+        "sweep.pruner.n_warmup_steps=2",
+        "model.activation=relu",
+        "model.d_hidden=16",
+    )
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        plan = plan_sweep(compose("config", overrides), overrides, "synthetic")
+        study = optuna.create_study(
+            study_name=plan.study_name,
+            storage=__import__("sweeplab.sweep").sweep.make_storage(plan.storage),
+            direction="maximize",
+        )
+        good = {
+            "optimizer": "adam",
+            "optimizer.lr": 0.03,
+            "optimizer.weight_decay": 1e-6,
+            "trainer.batch_size": 16,
+        }
+        study.enqueue_trial(good)
+        study.enqueue_trial({**good, "optimizer.lr": 0.02})
+        study.enqueue_trial(
+            {**good, "optimizer": "sgd", "optimizer.lr": 1e-4, "trainer.batch_size": 128}
+        )
+        summary = run_sweep(plan)
+    trials = load(plan).trials
+    assert [t.state for t in trials] == [
+        TrialState.COMPLETE,
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+    ]
+    hopeless = trials[2]
+    assert max(hopeless.intermediate_values) < 12  # stopped before the last epoch
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(hopeless.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["optuna.trial_state"] == "PRUNED"
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) == max(
+        hopeless.intermediate_values
+    )
+    assert summary.counts == {"COMPLETE": 2, "PRUNED": 1}
+
+
+def write_sweep_file(folder: Path, name: str, changes: dict) -> None:
+    """A user's own sweep file (for --config-dir): the shipped synthetic one with `changes`."""
+    import yaml
+
+    text = (CONF_DIR / "sweep" / "synthetic.yaml").read_text()
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("# @package"))
+    data = yaml.safe_load(text)
+    for key, value in changes.items():
+        node = data["sweep"]
+        *path, last = key.split("/")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    (folder / "sweep").mkdir(parents=True, exist_ok=True)
+    (folder / "sweep" / f"{name}.yaml").write_text(header + yaml.safe_dump(data))
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"params/model.widht": "int(interval(1, 4))"}, "widht"),
+        ({"params/optimizer.lr": "interval(1)"}, "sweep.params.optimizer.lr='interval(1)'"),
+        ({"params/model.activation": "choice()"}, "sweep.params.model.activation='choice()'"),
+        ({"direction": "up"}, "sweep.direction='up'"),
+        ({"params/model.d_hidden": "int(interval(0, 4))"}, "model.d_hidden=0"),
+        ({"objective": "test/acc"}, "sweep.objective='test/acc'"),
+        ({"n_trials": 0}, "sweep.n_trials=0"),
+        ({"sampler": {"name": "bayes"}}, "sweep.sampler.name='bayes'"),
+        ({"params/optimizer": "choice(adam, adamax)"}, "adamax"),
+    ],
+)
+def test_bad_sweep_configs_fail_before_any_trial(
+    changes, named, mlflow_uri, tmp_path, _isolated_output
+):
+    write_sweep_file(tmp_path / "conf", "mine", changes)
+    args = [a for a in sweep_overrides(mlflow_uri) if a != "sweep=synthetic"]
+    done = run_cli(
+        "sweeplab.sweep",
+        "--config-dir",
+        str(tmp_path / "conf"),
+        "sweep=mine",
+        *args,
+        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
+    )
+    assert done.returncode == 2, done.stderr
+    assert named in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (_isolated_output / "optuna").exists()  # no study, so no trial
+
+
+def test_own_sweep_file_from_config_dir_runs(mlflow_uri, tmp_path, _isolated_output):
+    write_sweep_file(
+        tmp_path / "conf", "mine", {"n_trials": 2, "params": {"model.d_hidden": "choice(2, 3)"}}
+    )
+    args = [a for a in sweep_overrides(mlflow_uri) if a != "sweep=synthetic"]
+    done = run_cli(
+        "sweeplab.sweep",
+        "--config-dir",
+        str(tmp_path / "conf"),
+        "sweep=mine",
+        *args,
+        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "budget reached (2 complete)" in done.stdout or "budget reached" in done.stdout
+    assert "model.d_hidden=" in done.stdout
+
+
+def test_sweep_without_a_sweep_file_says_how(_isolated_output):
+    done = run_cli("sweeplab.sweep", *SMALL, env={"SWEEPLAB_OUTPUT": str(_isolated_output)})
+    assert done.returncode == 2 and "sweep=<name>" in done.stderr and "synthetic" in done.stderr
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_journal_and_finish_exactly_the_budget(mlflow_uri, _isolated_output):
+    done = run_cli(
+        "sweeplab.sweep",
+        # trials long enough that the second worker (seconds to start) gets some
+        *sweep_overrides(
+            mlflow_uri,
+            "sweep.n_trials=6",
+            "sweep.workers=2",
+            "sweep.study_name=parallel",
+            "trainer.epochs=100",
+            "data.n_train=1000",
+        ),
+        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[w1] trial" in done.stdout  # the second worker ran trials too
+    from sweeplab.sweep import make_storage
+
+    study = optuna.load_study(
+        study_name="parallel",
+        storage=make_storage(str(_isolated_output / "optuna" / "parallel.journal")),
+    )
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers)) == 6
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    tags = sorted(int(r.data.tags["optuna.trial"]) for r in children(mlflow_uri, parent))
+    assert tags == list(range(6))
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_failing_and_retrying_the_orphan(mlflow_uri, _isolated_output):
+    args = sweep_overrides(
+        mlflow_uri,
+        "sweep.n_trials=4",
+        "sweep.study_name=killed",
+        "trainer.epochs=400",
+        "data.n_train=400",
+    )
+    env = {**os.environ, "SWEEPLAB_OUTPUT": str(_isolated_output)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeplab.sweep", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    journal = _isolated_output / "optuna" / "killed.journal"
+    from sweeplab.sweep import make_storage
+
+    deadline = time.time() + 120
+    study = None
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if journal.exists() and journal.stat().st_size:
+            study = optuna.load_study(study_name="killed", storage=make_storage(str(journal)))
+            running = study.get_trials(states=(TrialState.RUNNING,))
+            if (
+                study.get_trials(states=(TrialState.COMPLETE,))
+                and running
+                and running[0].intermediate_values
+            ):
+                break
+    else:
+        proc.kill()
+        pytest.fail("the sweep never got to a second trial")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = study.get_trials(states=(TrialState.RUNNING,))[0]
+    finished_before = {t.number: t.value for t in study.get_trials(states=(TrialState.COMPLETE,))}
+
+    done = run_cli("sweeplab.sweep", *args, env={"SWEEPLAB_OUTPUT": str(_isolated_output)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"trial {killed.number} was left RUNNING by a dead worker" in done.stderr
+    study = optuna.load_study(study_name="killed", storage=make_storage(str(journal)))
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.FAIL) == 1
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 4
+    assert {n: v for n, v in finished_before.items()} == {
+        t.number: t.value for t in study.trials if t.number in finished_before
+    }
+    [retry] = [t for t in study.trials if t.user_attrs.get("retry_of") == killed.number]
+    assert retry.params == killed.params
+    client = MlflowClient(mlflow_uri)
+    orphan = client.get_run(killed.user_attrs["mlflow_run_id"])
+    assert orphan.info.status == "KILLED"
