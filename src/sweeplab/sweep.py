@@ -189,16 +189,17 @@ def redact(storage: str) -> str:
 
 
 def make_storage(storage: str) -> Any:
-    from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
 
     if is_rdb(storage):
-        return RDBStorage(
-            storage,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
-        )
+        with _quiet_experimental():
+            return RDBStorage(
+                storage,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
     path = Path(storage)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
