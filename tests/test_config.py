@@ -30,8 +30,9 @@ def options(group: str) -> list[str]:
 )
 def test_every_option_of_every_group_composes(group):
     assert options(group), f"conf/{group} has no options"
+    needs = {"idx": ["data.root=/some/folder"]}  # mandatory keys of an option
     for option in options(group):
-        cfg = to_config(compose_raw(f"{group}={option}"))
+        cfg = to_config(compose_raw(f"{group}={option}", *needs.get(option, [])))
         if group in ("data", "optimizer"):
             assert getattr(cfg, group).name == option
 

@@ -58,6 +58,16 @@ def children(mlflow_uri, parent_run_id):
     )
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")))
+def test_every_shipped_sweep_plans(name):
+    """Each shipped sweep file composes and its whole space passes the schema (no trial runs)."""
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        plan = plan_sweep(compose("config", [f"sweep={name}"]), [f"sweep={name}"], name)
+    assert plan.study_name == name and plan.space.distributions
+    assert plan.storage.endswith(f"optuna/{name}.journal")
+
+
 def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri):
     plan, summary = plan_and_run(
         sweep_overrides(mlflow_uri, "sweep.n_trials=5", "sweep.study_name=e2e")

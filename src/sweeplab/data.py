@@ -1,4 +1,5 @@
-"""Datasets as in-memory tensors: the seed's synthetic 2-D task and a small regression task.
+"""Datasets as in-memory tensors: the seed's synthetic 2-D task, a small regression task, MNIST
+and any dataset of images in the IDX format (files fetched and verified by `sweeplab.mnist`).
 
 `load_dataset(cfg)` returns a `Dataset` (train/val/test tensors plus the task kind that decides the
 loss). Datasets are built once per process and reused across the trials of a sweep:
@@ -11,11 +12,18 @@ from __future__ import annotations
 
 import functools
 from dataclasses import astuple, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from sweeplab.config import DataConfig, RegressionDataConfig, SyntheticDataConfig
+from sweeplab.config import (
+    DataConfig,
+    IdxDataConfig,
+    MnistDataConfig,
+    RegressionDataConfig,
+    SyntheticDataConfig,
+)
 
 TASKS = ("binary", "multiclass", "regression")
 
@@ -37,6 +45,7 @@ class Dataset:
     y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    image_shape: tuple[int, int] | None = None  # (rows, cols) when each row of x is an image
 
     @property
     def n_features(self) -> int:
@@ -53,7 +62,8 @@ class Dataset:
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Build (or reuse, within this process) the dataset that `cfg` describes."""
-    return _load_cached(type(cfg), astuple(cfg))
+    values = tuple(tuple(v) if isinstance(v, list) else v for v in astuple(cfg))
+    return _load_cached(type(cfg), values)
 
 
 @functools.lru_cache(maxsize=8)
@@ -63,6 +73,26 @@ def _load_cached(schema: type[DataConfig], values: tuple) -> Dataset:
         return make_synthetic(cfg)
     if isinstance(cfg, RegressionDataConfig):
         return make_regression(cfg)
+    if isinstance(cfg, MnistDataConfig):
+        from sweeplab.mnist import load_mnist
+
+        root = Path(cfg.root) if cfg.root else None
+        arrays = load_mnist(root, tuple(cfg.mirrors), fetch=cfg.download)
+        return images_dataset("mnist", arrays, cfg.n_train, cfg.n_val, cfg.normalize)
+    if isinstance(cfg, IdxDataConfig):
+        from sweeplab.mnist import read_idx_dataset
+
+        names = (cfg.train_images, cfg.train_labels, cfg.test_images, cfg.test_labels)
+        x, y, x_test, y_test = read_idx_dataset(Path(cfg.root), names)
+        arrays = {
+            "train_images": x,
+            "train_labels": y,
+            "test_images": x_test,
+            "test_labels": y_test,
+        }
+        return images_dataset(
+            f"idx:{Path(cfg.root).name}", arrays, cfg.n_train, cfg.n_val, cfg.normalize
+        )
     raise ValueError(f"data.name={cfg.name!r}: no loader for this dataset")
 
 
@@ -101,6 +131,45 @@ def make_regression(cfg: RegressionDataConfig) -> Dataset:
     y = clean + rng.normal(0.0, cfg.noise, size=clean.shape)
     return _split(
         "regression", "regression", cfg.n_outputs, x.astype(np.float32), y.astype(np.float32), cfg
+    )
+
+
+def images_dataset(
+    name: str, arrays: dict[str, np.ndarray], n_train: int | None, n_val: int, normalize: bool
+) -> Dataset:
+    """Images flattened to rows scaled to [0, 1] (or standardised with the training split's mean
+    and std); validation = the last n_val training images; classes counted from the labels."""
+    images, labels = arrays["train_images"], arrays["train_labels"]
+    n_total = len(images)
+    if n_val >= n_total:
+        raise ValueError(f"data.n_val={n_val}: the dataset has only {n_total} training images")
+    n_train = n_total - n_val if n_train is None else n_train
+    if n_train + n_val > n_total:
+        raise ValueError(f"data.n_train={n_train}: n_train + n_val exceeds the {n_total} images")
+    shape = tuple(images.shape[1:])
+
+    def rows(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x).reshape(len(x), -1)).float().div_(255.0)
+
+    x_train, x_val = rows(images[:n_train]), rows(images[n_total - n_val :])
+    x_test = rows(arrays["test_images"])
+    if normalize:
+        mean, std = x_train.mean(), x_train.std()
+        x_train, x_val, x_test = ((x - mean) / std for x in (x_train, x_val, x_test))
+    y_all = torch.from_numpy(labels.astype(np.int64))
+    y_test = torch.from_numpy(arrays["test_labels"].astype(np.int64))
+    n_classes = int(max(y_all.max(), y_test.max())) + 1
+    return Dataset(
+        name,
+        "multiclass",
+        n_classes,
+        x_train,
+        y_all[:n_train],
+        x_val,
+        y_all[n_total - n_val :],
+        x_test,
+        y_test,
+        image_shape=shape,
     )
 
 

@@ -36,11 +36,101 @@ def save_run_plots(result: TrainResult, folder: Path) -> list[Path]:
     """Write every picture that applies to this run into `folder`; return their paths."""
     written = [save_learning_curves(result.history, folder / "learning_curves.png")]
     data = result.dataset
-    if data is not None and result.model is not None and data.n_features == 2:
+    if data is None or result.model is None:
+        return written
+    if data.n_features == 2:
         if data.task == "binary":
             written.append(save_decision_region(result, folder / "decision_region.png"))
         written.append(save_hidden_units(result, folder / "hidden_units.png"))
+    if data.task == "multiclass":
+        written.append(save_confusion_matrix(result, folder / "confusion_matrix.png"))
+    if data.image_shape is not None:
+        written.append(save_first_layer_weights(result, folder / "first_layer_weights.png"))
+        written.append(save_misclassified(result, folder / "misclassified.png"))
     return written
+
+
+def _test_predictions(result: TrainResult) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    data = result.dataset
+    with torch.inference_mode():
+        result.model.eval()
+        predicted = torch.cat(
+            [
+                result.model(data.x_test[i : i + 8192]).argmax(1)
+                for i in range(0, len(data.x_test), 8192)
+            ]
+        )
+    return predicted.cpu().numpy(), data.y_test.cpu().numpy()
+
+
+def save_confusion_matrix(result: TrainResult, path: Path) -> Path:
+    """Counts of (true class, predicted class) on the test split."""
+    plt = _pyplot()
+    predicted, true = _test_predictions(result)
+    k = result.dataset.n_outputs
+    counts = np.zeros((k, k), dtype=np.int64)
+    np.add.at(counts, (true, predicted), 1)
+    fig, ax = plt.subplots(figsize=(0.5 * k + 2, 0.5 * k + 1.5))
+    image = ax.imshow(counts, cmap="Blues")
+    for (i, j), n in np.ndenumerate(counts):
+        if n:
+            color = "white" if n > counts.max() / 2 else "black"
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=6, color=color)
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    accuracy = np.trace(counts) / counts.sum()
+    ax.set_title(f"test confusion matrix (accuracy {accuracy:.4f})")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def save_first_layer_weights(result: TrainResult, path: Path, max_units: int = 100) -> Path:
+    """Each hidden unit's input weights w_H,l as an image: what the unit looks for."""
+    plt = _pyplot()
+    weights = result.model.hidden.weight.detach().cpu().numpy()
+    shape = result.dataset.image_shape
+    shown = min(len(weights), max_units)
+    cols = int(np.ceil(np.sqrt(shown)))
+    rows = int(np.ceil(shown / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9), squeeze=False)
+    for unit, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if unit < shown:
+            w = weights[unit].reshape(shape)
+            limit = np.abs(w).max() or 1.0
+            ax.imshow(w, cmap="seismic", vmin=-limit, vmax=limit)
+    fig.suptitle(f"first-layer weights of {shown} of {len(weights)} hidden units (red +, blue -)")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def save_misclassified(result: TrainResult, path: Path, max_shown: int = 36) -> Path:
+    """The first misclassified test images, titled predicted/true."""
+    plt = _pyplot()
+    predicted, true = _test_predictions(result)
+    wrong = np.flatnonzero(predicted != true)[:max_shown]
+    images = result.dataset.x_test.cpu().numpy()
+    cols = 6
+    rows = max(1, int(np.ceil(len(wrong) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.35), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, index in zip(axes.ravel(), wrong, strict=False):
+        ax.imshow(images[index].reshape(result.dataset.image_shape), cmap="gray_r")
+        ax.set_title(f"{predicted[index]} (true {true[index]})", fontsize=7)
+    total = int((predicted != true).sum())
+    fig.suptitle(f"misclassified test images: {total} of {len(true)} (predicted (true))")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def save_learning_curves(history: list[dict[str, float]], path: Path) -> Path:

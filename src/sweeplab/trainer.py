@@ -130,6 +130,20 @@ def evaluate(
     return total_loss.item() / per, (correct.item() / n if task != "regression" else math.nan)
 
 
+@torch.inference_mode()
+def predict_us_per_sample(model: TwoLayerNet, x: torch.Tensor, chunk: int = 8192) -> float:
+    """Wall time of the forward pass over `x` in microseconds per sample (after one warm-up)."""
+    model.eval()
+    model(x[:chunk])
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
+    started = time.perf_counter()
+    for start in range(0, x.shape[0], chunk):
+        model(x[start : start + chunk])
+    sync()
+    return (time.perf_counter() - started) / x.shape[0] * 1e6
+
+
 def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
     """Train the network `cfg` describes; callbacks see every epoch. Returns the final metrics."""
     # --- setup
@@ -171,6 +185,9 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
         model, loss_fn, data.x_test, data.y_test, data.task, cfg.trainer.eval_batch_size
     )
     final = dict(history[-1]) | {"test/loss": test_loss}
+    final["test/predict_us_per_sample"] = predict_us_per_sample(
+        model, data.x_test, cfg.trainer.eval_batch_size
+    )
     if classify:
         final["test/acc"] = test_acc
     result = TrainResult(metrics=final, history=history, model=model, dataset=data)
