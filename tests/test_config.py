@@ -141,3 +141,13 @@ def test_appending_an_unknown_key_is_refused_by_the_schema():
     # Hydra's hint "use +trainer.speed=3" must not be a way around the schema
     with pytest.raises(ConfigError, match="speed"):
         to_config(compose_raw("+trainer.speed=3"))
+
+
+def test_output_folder_is_the_projects_whatever_the_working_directory(tmp_path, monkeypatch):
+    from sweeplab.config import PROJECT_ROOT, output_dir
+
+    monkeypatch.delenv("SWEEPLAB_OUTPUT")
+    monkeypatch.chdir(tmp_path)
+    assert output_dir() == (PROJECT_ROOT / "outputs").resolve()
+    monkeypatch.setenv("SWEEPLAB_OUTPUT", str(tmp_path / "elsewhere"))
+    assert output_dir() == tmp_path / "elsewhere"

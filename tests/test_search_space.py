@@ -136,8 +136,14 @@ def test_pruners(spec, cls):
     assert isinstance(make_pruner(spec), cls)
 
 
-def test_unknown_sampler_or_pruner_arguments_are_named():
+def test_unknown_sampler_is_named():
     with pytest.raises(ConfigError, match="sweep.sampler.name='bayes'"):
         make_sampler({"name": "bayes"}, parse_space({"a": "interval(0, 1)"}))
+
+
+def test_arguments_a_pruner_does_not_take_are_dropped_with_a_warning(capsys):
+    # sweep files merge with the schema default, so {name: none} arrives with median's settings
+    assert isinstance(make_pruner({"name": "none", "n_warmup_steps": 3}), optuna.pruners.NopPruner)
+    assert "NopPruner takes no n_warmup_steps; ignored" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="sweep.pruner"):
-        make_pruner({"name": "median", "patience": 3})
+        make_pruner({"name": "median", "n_startup_trials": -1})

@@ -370,3 +370,60 @@ def test_killed_sweep_resumes_failing_and_retrying_the_orphan(
     assert retry.params == killed.params
     orphan = MlflowClient(mlflow_uri).get_run(killed.user_attrs["mlflow_run_id"])
     assert orphan.info.status == "KILLED"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_sweep_ends_runs_killed_and_resumes(signum, mlflow_uri, _isolated_output):
+    study_name = f"interrupted-{signum.name}"
+    args = sweep_overrides(
+        mlflow_uri,
+        "sweep.n_trials=3",
+        f"sweep.study_name={study_name}",
+        "trainer.epochs=300",
+        "data.n_train=400",
+    )
+    env = {**os.environ, "SWEEPLAB_OUTPUT": str(_isolated_output)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeplab.sweep", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    from sweeplab.sweep import make_storage
+
+    storage = str(_isolated_output / "optuna" / f"{study_name}.journal")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.3)
+        with contextlib.suppress(KeyError, ValueError):
+            study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
+            running = study.get_trials(states=(TrialState.RUNNING,))
+            if (
+                running
+                and running[0].intermediate_values
+                and "mlflow_run_id" in running[0].user_attrs
+            ):
+                break
+    else:
+        proc.kill()
+        pytest.fail("no trial got going")
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "rerun the same command to resume" in stderr
+    study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
+    [stopped] = study.get_trials(states=(TrialState.FAIL,))
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(stopped.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    assert client.get_run(parent).info.status == "KILLED"
+
+    done = run_cli("sweeplab.sweep", *args, env={"SWEEPLAB_OUTPUT": str(_isolated_output)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 3
+    assert study.user_attrs["mlflow_parent_run_id"] == parent
+    assert client.get_run(parent).info.status == "FINISHED"

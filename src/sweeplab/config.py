@@ -40,6 +40,23 @@ def output_dir() -> Path:
     return Path(os.environ.get("SWEEPLAB_OUTPUT") or PROJECT_ROOT / "outputs").resolve()
 
 
+def ensure_output_dir() -> Path:
+    """Create the output folder and prove it writable, so a bad one fails before any work."""
+    import tempfile
+
+    folder = output_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"output folder {folder} is not writable ({err.strerror or err}); "
+            "set SWEEPLAB_OUTPUT to a folder you can write"
+        ) from None
+    return folder
+
+
 # --- data -------------------------------------------------------------------------------------
 
 
@@ -50,20 +67,24 @@ class DataConfig:
 
 
 @dataclass
-class SyntheticDataConfig(DataConfig):
-    name: str = "synthetic"
+class SampledDataConfig(DataConfig):
+    """A task whose samples are drawn anew from a known distribution, in three splits."""
+
     n_train: int = 2000
     n_val: int = 500
     n_test: int = 1000
+
+
+@dataclass
+class SyntheticDataConfig(SampledDataConfig):
+    name: str = "synthetic"
     noise: float = 0.0  # probability that a label is flipped
 
 
 @dataclass
-class RegressionDataConfig(DataConfig):
+class RegressionDataConfig(SampledDataConfig):
     name: str = "regression"
     n_train: int = 1000
-    n_val: int = 500
-    n_test: int = 1000
     noise: float = 0.05  # std of the Gaussian noise added to the targets
     n_outputs: int = 2  # K, the dimension of each target
 
@@ -167,6 +188,9 @@ class TrainerConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
     eval_batch_size: int = 8192  # evaluation runs in chunks of this size
+    backward: str = (
+        "auto"  # auto (manual where it applies) | manual (the seed's equations) | autograd
+    )
     progress: bool = True  # a progress bar on a terminal; always quiet when not a TTY
 
 
@@ -362,6 +386,12 @@ def validate(cfg: Config) -> None:
         "trainer.eval_batch_size",
         trainer.eval_batch_size,
         "must be >= 1",
+    )
+    _require(
+        trainer.backward in ("auto", "manual", "autograd"),
+        "trainer.backward",
+        trainer.backward,
+        "must be auto, manual or autograd",
     )
     _require(trainer.num_threads >= 0, "trainer.num_threads", trainer.num_threads, "must be >= 0")
     _require(

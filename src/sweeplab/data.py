@@ -22,6 +22,7 @@ from sweeplab.config import (
     IdxDataConfig,
     MnistDataConfig,
     RegressionDataConfig,
+    SampledDataConfig,
     SyntheticDataConfig,
 )
 
@@ -179,7 +180,7 @@ def _split(
     n_outputs: int,
     x: np.ndarray,
     y: np.ndarray,
-    cfg: SyntheticDataConfig | RegressionDataConfig,
+    cfg: SampledDataConfig,
 ) -> Dataset:
     a, b = cfg.n_train, cfg.n_train + cfg.n_val
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)

@@ -61,3 +61,63 @@ def count_correct(logits: torch.Tensor, targets: torch.Tensor, task: str) -> tor
     if task == "binary":
         return ((logits > 0).to(targets.dtype) == targets).sum()
     return (logits.argmax(dim=-1) == targets).sum()
+
+
+@torch.no_grad()
+def manual_loss_and_grads(
+    net: TwoLayerNet, x: torch.Tensor, y: torch.Tensor, task: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed's back-propagation equations, without an autograd graph: forward, mean loss, and
+    the gradients of all four parameters written into their `.grad`. Returns (loss, logits).
+
+    At this network's size building the autograd graph costs more than the arithmetic; this path
+    computes exactly what `loss.backward()` would (tests compare them for every activation/loss).
+    """
+    w_h, b_h, w_o, b_o = net.hidden.weight, net.hidden.bias, net.output.weight, net.output.bias
+    # forward: Z_H = X W_H^T + b_H, A_H = h(Z_H), Z_O = A_H W_O^T + b_O
+    z_h = torch.addmm(b_h, x, w_h.t())
+    a_h = _ACTIVATION_FNS[type(net.activation)](z_h)
+    z_o = torch.addmm(b_o, a_h, w_o.t())
+    batch = x.shape[0]
+    # dJ/dZ_O for the mean loss: softmax - one-hot (CE), sigmoid - y (BCE), 2 (Z_O - Y) / nK (MSE)
+    if task == "multiclass":
+        log_norm = torch.logsumexp(z_o, dim=1, keepdim=True)
+        loss = (log_norm - z_o.gather(1, y[:, None])).mean()
+        d_zo = torch.exp(z_o - log_norm)
+        d_zo[torch.arange(batch, device=x.device), y] -= 1.0
+        d_zo /= batch
+    elif task == "binary":
+        loss = F.binary_cross_entropy_with_logits(z_o, y)
+        d_zo = (torch.sigmoid(z_o) - y) / batch
+    else:
+        diff = z_o - y
+        loss = diff.square().mean()
+        d_zo = diff * (2.0 / diff.numel())
+    # backward: dW_O = dZ_O^T A_H, db_O = dZ_O^T 1, dZ_H = (dZ_O W_O) * h'(Z_H), dW_H = dZ_H^T X
+    d_zh = (d_zo @ w_o).mul_(_activation_derivative(net.activation, z_h, a_h))
+    w_o.grad = d_zo.t() @ a_h
+    b_o.grad = d_zo.sum(0)
+    w_h.grad = d_zh.t() @ x
+    b_h.grad = d_zh.sum(0)
+    return loss, z_o
+
+
+_ACTIVATION_FNS: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.Sigmoid: torch.sigmoid,
+    nn.Tanh: torch.tanh,
+    nn.ReLU: torch.relu,
+}
+
+
+def _activation_derivative(activation: nn.Module, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """h'(z) from the stored activation a = h(z): a(1-a) (sigmoid), 1-a^2 (tanh), [z > 0] (ReLU)."""
+    if isinstance(activation, nn.Sigmoid):
+        return a * (1.0 - a)
+    if isinstance(activation, nn.Tanh):
+        return 1.0 - a * a
+    return (z > 0).to(z.dtype)
+
+
+def supports_manual_backward(net: nn.Module) -> bool:
+    """The hand-derived gradients cover exactly TwoLayerNet with our activations."""
+    return type(net) is TwoLayerNet and type(net.activation) in _ACTIVATION_FNS

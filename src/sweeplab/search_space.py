@@ -19,6 +19,7 @@ from their config by name (`tpe`, `random`, `cmaes`, `qmc`, `grid`; `median`, `h
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,7 +194,17 @@ def extremes(space: SearchSpace) -> list[dict[str, Any]]:
     return sets
 
 
-def _build(kind: str, table: dict[str, str], spec: dict[str, Any], module: str) -> tuple[str, dict]:
+def _build(
+    kind: str, table: dict[str, str], spec: dict[str, Any], module: str
+) -> tuple[type, dict]:
+    """The class a `{name: ...}` or `{_target_: ...}` spec names, and the arguments it accepts.
+
+    Arguments the class does not take are dropped with a warning: sweep files merge with the
+    schema's defaults, so `pruner: {name: none}` also carries the median pruner's settings.
+    """
+    import importlib
+    import inspect
+
     spec = dict(spec)
     target = spec.pop("_target_", None)
     name = spec.pop("name", None)
@@ -205,21 +216,28 @@ def _build(kind: str, table: dict[str, str], spec: dict[str, Any], module: str) 
         class_name = table[name]
     else:
         raise ConfigError(f"sweep.{kind}.name={name!r}: expected one of {', '.join(table)}")
-    return class_name, spec
+    cls = getattr(importlib.import_module(module), class_name, None)
+    if cls is None:
+        raise ConfigError(f"sweep.{kind}: {module} has no {class_name}")
+    accepted = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        ignored = sorted(set(spec) - set(accepted))
+        if ignored:
+            print(
+                f"warning: sweep.{kind}: {class_name} takes no {', '.join(ignored)}; ignored",
+                file=sys.stderr,
+            )
+        spec = {k: v for k, v in spec.items() if k in accepted}
+    return cls, spec
 
 
 def make_sampler(spec: dict[str, Any], space: SearchSpace, seed_offset: int = 0) -> Any:
     """An Optuna sampler from `{name: tpe, seed: 0, ...}`; extra workers shift the seed so that
     they do not all propose the same points."""
-    import optuna
-
-    class_name, kwargs = _build("sampler", SAMPLERS, spec, "optuna.samplers")
-    cls = getattr(optuna.samplers, class_name, None)
-    if cls is None:
-        raise ConfigError(f"sweep.sampler: optuna.samplers has no {class_name}")
+    cls, kwargs = _build("sampler", SAMPLERS, spec, "optuna.samplers")
     if kwargs.get("seed") is not None:
         kwargs["seed"] = int(kwargs["seed"]) + seed_offset
-    if class_name == "GridSampler":
+    if cls.__name__ == "GridSampler":
         kwargs.setdefault("search_space", space.grid())
     try:
         return cls(**kwargs)
@@ -228,12 +246,7 @@ def make_sampler(spec: dict[str, Any], space: SearchSpace, seed_offset: int = 0)
 
 
 def make_pruner(spec: dict[str, Any]) -> Any:
-    import optuna
-
-    class_name, kwargs = _build("pruner", PRUNERS, spec, "optuna.pruners")
-    cls = getattr(optuna.pruners, class_name, None)
-    if cls is None:
-        raise ConfigError(f"sweep.pruner: optuna.pruners has no {class_name}")
+    cls, kwargs = _build("pruner", PRUNERS, spec, "optuna.pruners")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:

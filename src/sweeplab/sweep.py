@@ -41,6 +41,7 @@ from sweeplab.config import (
     ConfigError,
     SweepConfig,
     TrackingConfig,
+    ensure_output_dir,
     output_dir,
     register_configs,
     to_config,
@@ -65,6 +66,7 @@ HEARTBEAT_S = 10  # RDB storages: a running trial's heartbeat period ...
 GRACE_S = 30  # ... and the silence after which the trial counts as dead
 ORPHAN_AFTER_S = 300  # journal: a running trial with no recorded worker this old counts as dead
 MIN_FINISHED_FOR_FAILURE_RATE = 5
+TOO_MANY_FAILED = "too many failed trials"
 
 
 @dataclass
@@ -422,7 +424,7 @@ class Worker:
             and failed / finished > self.plan.settings.max_failure_rate
         ) or failed > self.plan.settings.n_trials:
             return (
-                f"too many failed trials: {failed} of {finished} finished "
+                f"{TOO_MANY_FAILED}: {failed} of {finished} finished "
                 f"(sweep.max_failure_rate={self.plan.settings.max_failure_rate})"
             )
         if deadline is not None and time.time() >= deadline:
@@ -633,8 +635,15 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     finally:
         if bar is not None:
             bar.close()
-    close_orphan_runs(plan, study)
-    summary = report(plan, study, parent_run_id, reason)
+    try:
+        close_orphan_runs(plan, study)
+        summary = report(plan, study, parent_run_id, reason)
+    except BaseException as err:
+        client.set_tag(
+            parent_run_id, "failure_reason", f"report failed: {type(err).__name__}: {err}"
+        )
+        client.set_terminated(parent_run_id, "FAILED")
+        raise
     summary.wall_s = time.time() - started
     client.set_terminated(parent_run_id, "FINISHED")
     return summary
@@ -710,36 +719,28 @@ def report(plan: SweepPlan, study: optuna.Study, parent_run_id: str, reason: str
         client.log_artifact(parent_run_id, str(path), "optuna")
     best = _best_or_none(study)
     if best is not None:
-        cfg = compose_trial(plan, best.params)
-        path = folder / "best.yaml"
-        path.write_text(best_config_yaml(plan, best, cfg, folder))
-        client.log_artifact(parent_run_id, str(path))
+        try:
+            cfg = compose_trial(plan, best.params)
+        except ConfigError as err:  # e.g. conf/ changed under a long sweep
+            print(f"warning: the best trial's config no longer composes: {err}", file=sys.stderr)
+        else:
+            path = folder / "best.yaml"
+            path.write_text(best_config_yaml(plan, best, cfg, folder))
+            client.log_artifact(parent_run_id, str(path))
+            summary.best_config_path = path
         summary.best_value = best.value
         summary.best_params = dict(best.params)
         summary.best_run_id = best.user_attrs.get("mlflow_run_id")
         summary.best_test = {k: v for k, v in best.user_attrs.items() if k.startswith("test/")}
-        summary.best_config_path = path
-        client.log_batch(
-            parent_run_id,
-            metrics=[],
-            params=[],
-            tags=_tags(
-                {
-                    "best_trial": str(best.number),
-                    "best_value": f"{best.value:.6g}",
-                    "best_run_id": str(summary.best_run_id),
-                }
-            ),
-        )
+        for key, value in {
+            "best_trial": str(best.number),
+            "best_value": f"{best.value:.6g}",
+            "best_run_id": str(summary.best_run_id),
+        }.items():
+            client.set_tag(parent_run_id, key, value)
     for state, count in counts.items():
         client.log_metric(parent_run_id, f"trials/{state.lower()}", count)
     return summary
-
-
-def _tags(values: dict[str, str]) -> list:
-    from mlflow.entities import RunTag
-
-    return [RunTag(k, v) for k, v in values.items()]
 
 
 def best_config_yaml(plan: SweepPlan, best: Any, cfg: Config, folder: Path) -> str:
@@ -772,10 +773,10 @@ def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
             + ", ".join(f"{k}={v:.4f}" for k, v in test.items() if v is not None)
         )
     print(f"best trial's MLflow run: {summary.best_run_id} (parent run {summary.parent_run_id})")
-    print(f"best config: {summary.best_config_path}")
-    print(
-        f"rerun it:    python -m sweeplab.train --config-path {summary.best_config_path.parent} --config-name best"
-    )
+    if summary.best_config_path is not None:
+        folder = summary.best_config_path.parent
+        print(f"best config: {summary.best_config_path}")
+        print(f"rerun it:    python -m sweeplab.train --config-path {folder} --config-name best")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -804,10 +805,17 @@ def _hydra_main(composed: DictConfig) -> None:
         sys.exit(130)
     if not os.environ.get(WORKER_ENV):
         print_summary(summary, plan)
+    if summary.stop_reason.startswith(TOO_MANY_FAILED):
+        sys.exit(1)
 
 
 def main() -> None:
     register_configs()
+    try:
+        ensure_output_dir()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 

@@ -51,23 +51,37 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise RuntimeError(f"tracking.uri={uri}: cannot create {db.parent}: {err}") from None
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return client, found.experiment_id
-    try:
-        return client, client.create_experiment(experiment, _artifact_location(uri, experiment))
-    except MlflowException:  # another process created it first
+    with _store_lock(uri):  # processes creating a new SQLite store at once would race
+        client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise
-        return client, found.experiment_id
+        if found is not None:
+            return client, found.experiment_id
+        try:
+            return client, client.create_experiment(experiment, _artifact_location(uri, experiment))
+        except MlflowException:  # created meanwhile by a process using another store lock
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            return client, found.experiment_id
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive file lock beside a SQLite store (nothing for server stores)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(db.parent / f"{db.name}.lock", "a")  # noqa: SIM115 - closed below
+    except OSError as err:
+        raise RuntimeError(f"tracking.uri={uri}: cannot write in {db.parent}: {err}") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 @functools.lru_cache(maxsize=1)

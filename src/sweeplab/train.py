@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from sweeplab.config import CONF_DIR, Config, ConfigError, register_configs, to_config
+from sweeplab.config import (
+    CONF_DIR,
+    Config,
+    ConfigError,
+    ensure_output_dir,
+    register_configs,
+    to_config,
+)
 
 if TYPE_CHECKING:
     from sweeplab.trainer import Callback, TrainResult
@@ -91,6 +98,11 @@ def _hydra_main(composed: DictConfig) -> None:
 
 def main() -> None:
     register_configs()
+    try:
+        ensure_output_dir()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 

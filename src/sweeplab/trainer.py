@@ -21,7 +21,14 @@ import torch
 
 from sweeplab.config import Config, OptimizerConfig
 from sweeplab.data import Dataset, load_dataset
-from sweeplab.model import LossFn, TwoLayerNet, count_correct, loss_for_task
+from sweeplab.model import (
+    LossFn,
+    TwoLayerNet,
+    count_correct,
+    loss_for_task,
+    manual_loss_and_grads,
+    supports_manual_backward,
+)
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -83,8 +90,13 @@ def train_one_epoch(
     data: Dataset,
     batch_size: int,
     generator: torch.Generator,
+    manual_backward: bool = False,
 ) -> tuple[float, float]:
-    """One pass over a fresh shuffle of the training set; returns (mean loss, accuracy)."""
+    """One pass over a fresh shuffle of the training set; returns (mean loss, accuracy).
+
+    Gradients come from autograd, or with `manual_backward` from the seed's back-propagation
+    equations (`model.manual_loss_and_grads`), which are the same numbers without the graph.
+    """
     model.train()
     x, y = data.x_train, data.y_train
     n = x.shape[0]
@@ -94,10 +106,13 @@ def train_one_epoch(
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         xb, yb = x[idx], y[idx]
-        logits = model(xb)
-        loss = loss_fn(logits, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if manual_backward:
+            loss, logits = manual_loss_and_grads(model, xb, yb, data.task)
+        else:
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
         total_loss += loss.detach() * idx.numel()
         if data.task != "regression":
@@ -159,13 +174,16 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
     loss_fn = loss_for_task(data.task)
     batch_order = torch.Generator().manual_seed(cfg.seed)
     classify = data.task != "regression"
+    manual = cfg.trainer.backward == "manual" or (
+        cfg.trainer.backward == "auto" and supports_manual_backward(model)
+    )
 
     # --- epochs
     history: list[dict[str, float]] = []
     for epoch in range(1, cfg.trainer.epochs + 1):
         started = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
-            model, optimizer, loss_fn, data, cfg.trainer.batch_size, batch_order
+            model, optimizer, loss_fn, data, cfg.trainer.batch_size, batch_order, manual
         )
         epoch_s = time.perf_counter() - started
         if not math.isfinite(train_loss):

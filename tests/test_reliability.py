@@ -1,0 +1,145 @@
+"""Faults lose nothing and repeat nothing: diverging trials, too many failures, concurrent first
+starts, unwritable output folders. Real processes, real storages, a real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from sweeplab.sweep import make_storage
+
+from .conftest import run_cli
+from .test_sweep import SMALL, children, write_sweep_file
+
+
+def regression_sweep(conf: Path, name: str, lrs: str) -> list[str]:
+    """A user sweep on the regression task, where an SGD step of 1e6 overflows to inf."""
+    write_sweep_file(
+        conf,
+        name,
+        {
+            "study_name": name,
+            "objective": "val/loss",
+            "direction": "minimize",
+            "params": {"optimizer": "sgd", "optimizer.lr": lrs},
+            "pruner": {"name": "none"},
+            "sampler": {"name": "random", "seed": 0},
+        },
+    )
+    return [
+        "--config-dir",
+        str(conf),
+        f"sweep={name}",
+        "data=regression",
+        "model.activation=relu",
+        "trainer.epochs=30",
+        *SMALL[:3],
+        "tracking.log_plots=false",
+        "tracking.log_model=false",
+    ]
+
+
+def test_diverging_trial_fails_and_the_sweep_goes_on(mlflow_uri, tmp_path, _isolated_output):
+    args = [
+        *regression_sweep(tmp_path / "conf", "diverge", "choice(0.01, 1000000.0)"),
+        f"tracking.uri={mlflow_uri}",
+        "sweep.n_trials=2",
+    ]
+    journal = _isolated_output / "optuna" / "diverge.journal"
+    journal.parent.mkdir(parents=True)
+    study = optuna.create_study(study_name="diverge", storage=make_storage(str(journal)))
+    for lr in (0.01, 1000000.0, 0.01):  # good, diverging, good
+        study.enqueue_trial({"optimizer.lr": lr})
+    done = run_cli("sweeplab.sweep", *args, env={"SWEEPLAB_OUTPUT": str(_isolated_output)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "trial   1 FAIL" in done.stdout
+    trials = optuna.load_study(study_name="diverge", storage=make_storage(str(journal))).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    client = MlflowClient(mlflow_uri)
+    failed = client.get_run(trials[1].user_attrs["mlflow_run_id"])
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["failure_reason"].startswith("DivergenceError: train/loss=")
+    assert failed.data.tags["optuna.trial_state"] == "FAIL"
+    assert "traceback.txt" in {a.path for a in client.list_artifacts(failed.info.run_id)}
+    for good in (trials[0], trials[2]):
+        assert client.get_run(good.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_too_many_failures_stop_the_sweep_with_a_summary(mlflow_uri, tmp_path, _isolated_output):
+    args = [
+        *regression_sweep(tmp_path / "conf", "hopeless", "choice(1000000.0, 10000000.0)"),
+        f"tracking.uri={mlflow_uri}",
+        "sweep.n_trials=20",
+    ]
+    done = run_cli("sweeplab.sweep", *args, env={"SWEEPLAB_OUTPUT": str(_isolated_output)})
+    assert done.returncode == 1
+    assert (
+        "stopped: too many failed trials: 5 of 5 finished (sweep.max_failure_rate=0.5)"
+        in done.stdout
+    )
+    assert "no trial completed" in done.stdout
+    journal = _isolated_output / "optuna" / "hopeless.journal"
+    trials = optuna.load_study(study_name="hopeless", storage=make_storage(str(journal))).trials
+    assert len(trials) == 5 and all(t.state == TrialState.FAIL for t in trials)
+
+
+@pytest.mark.slow
+def test_two_processes_starting_the_same_new_sweep_at_once(tmp_path):
+    """Both create the MLflow store, the study and the parent run at the same moment."""
+    out = tmp_path / "out"
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"  # a store that does not exist yet
+    args = [
+        "sweep=synthetic",
+        *SMALL,
+        f"tracking.uri={uri}",
+        "sweep.n_trials=6",
+        "sweep.study_name=twin",
+        "trainer.epochs=40",
+        "data.n_train=600",
+    ]
+    env = {**os.environ, "SWEEPLAB_OUTPUT": str(out)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "sweeplab.sweep", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=600) for p in procs]
+    for proc, (_, stderr) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, stderr[-3000:]
+        assert "database is locked" not in stderr
+    study = optuna.load_study(
+        study_name="twin", storage=make_storage(str(out / "optuna" / "twin.journal"))
+    )
+    assert len(study.trials) == 6
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    client = MlflowClient(uri)
+    [experiment] = [e for e in client.search_experiments() if e.name == "sweep-synthetic"]
+    parents = client.search_runs([experiment.experiment_id], "tags.`sweeplab.role` = 'study'")
+    assert len(parents) == 1
+    assert len(children(uri, parents[0].info.run_id)) == 6
+
+
+@pytest.mark.parametrize("module", ["sweeplab.train", "sweeplab.sweep"])
+def test_unwritable_output_folder_fails_at_start(module, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    done = run_cli(
+        module,
+        "sweep=synthetic" if module.endswith("sweep") else "trainer.epochs=1",
+        env={"SWEEPLAB_OUTPUT": str(blocker / "outputs")},
+    )
+    assert done.returncode == 2
+    assert f"output folder {blocker / 'outputs'} is not writable" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
