@@ -10,7 +10,7 @@ ARGS ?=
 PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep data test test-fast lint format ui clean
+.PHONY: help install train sweep data bench test test-fast lint format ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,3 +52,6 @@ ui: install ## the MLflow UI on http://127.0.0.1:$(PORT) (local only)
 
 clean: ## delete generated output (MLflow store, studies, Hydra runs); keeps .venv and data/
 	rm -rf $(OUT)
+
+bench: install ## training speed: the seed's PyTorch recipe vs sweeplab (report in outputs/bench/)
+	$(PY) benchmarks/bench.py --profile --out $(OUT)/bench $(ARGS)

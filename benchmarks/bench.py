@@ -1,0 +1,277 @@
+"""Training speed: the lecture's PyTorch recipe against sweeplab's trainer, on the same arrays.
+
+    make bench                                  # MNIST d_H=100/B=100, d_H=1000/B=1000, synthetic d_H=4
+    python benchmarks/bench.py --epochs 5 --out outputs/bench
+    python benchmarks/bench.py --tiny           # seconds: the smoke test `make test` runs
+
+For each case, in one process: the seed recipe exactly as the slides write it (TensorDataset +
+DataLoader with shuffle, default torch.optim.Adam, the loss criterion, `loss.item()` per batch),
+then sweeplab's `trainer.run` with the same hyperparameters, with its hand-derived gradients
+(`trainer.backward=manual`, the default) and with autograd. It prints and writes (markdown + CSV):
+seconds per epoch (median over the epochs after the first), the ratio to the seed recipe, test
+accuracy after the same epochs, and the time per epoch that the matrix products alone would take
+at the matmul rate measured here, with the ratio to it. `--profile` adds where a step's time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Case:
+    name: str
+    data: str  # mnist | synthetic
+    d_hidden: int
+    batch_size: int
+    lr: float
+    epochs: int
+
+
+@dataclass
+class Row:
+    case: str
+    method: str
+    epoch_s: float
+    test_acc: float
+    steps_per_epoch: int
+
+
+# --- the seed recipe, as the slides write it ---------------------------------------------------
+
+
+class SeedNet(nn.Module):
+    def __init__(self, nin: int, nh: int, nout: int, output_sigmoid: bool) -> None:
+        super().__init__()
+        self.activation = nn.Sigmoid()
+        self.Dense1 = nn.Linear(nin, nh)
+        self.Dense2 = nn.Linear(nh, nout)
+        self.output_sigmoid = output_sigmoid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.activation(self.Dense1(x))
+        out = self.Dense2(x)
+        return self.activation(out) if self.output_sigmoid else out
+
+
+def seed_recipe(case: Case, data: object, seed: int = 0) -> Row:
+    """Slides 35-38: binary task -> sigmoid output + BCELoss; MNIST -> logits + CrossEntropyLoss."""
+    torch.manual_seed(seed)
+    binary = data.task == "binary"
+    dataset = torch.utils.data.TensorDataset(data.x_train, data.y_train)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=case.batch_size, shuffle=True)
+    model = SeedNet(data.n_features, case.d_hidden, data.n_outputs, output_sigmoid=binary)
+    opt = torch.optim.Adam(model.parameters(), lr=case.lr)
+    criterion = nn.BCELoss() if binary else nn.CrossEntropyLoss()
+    times = []
+    for _epoch in range(case.epochs):
+        started = time.perf_counter()
+        error, total, batch_loss = 0, 0, []
+        for _batch, (x_batch, y_batch) in enumerate(loader):
+            out = model(x_batch)
+            loss = criterion(out, y_batch)
+            batch_loss.append(loss.item())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            guess = out.round() if binary else out.argmax(1)
+            error += torch.sum(guess != y_batch).item()
+            total += len(y_batch)
+        times.append(time.perf_counter() - started)
+    with torch.no_grad():
+        out = model(data.x_test)
+        guess = out.round() if binary else out.argmax(1)
+        accuracy = (guess == data.y_test).float().mean().item()
+    return Row(case.name, "seed recipe", _median_after_first(times), accuracy, len(loader))
+
+
+# --- sweeplab ----------------------------------------------------------------------------------
+
+
+def sweeplab_run(case: Case, backward: str, data_overrides: list[str]) -> Row:
+    from hydra import compose, initialize_config_dir
+
+    from sweeplab import trainer
+    from sweeplab.config import CONF_DIR, register_configs, to_config
+
+    register_configs()
+    overrides = [
+        *data_overrides,
+        f"model.d_hidden={case.d_hidden}",
+        "model.activation=sigmoid",
+        "optimizer=adam",
+        f"optimizer.lr={case.lr}",
+        f"trainer.batch_size={case.batch_size}",
+        f"trainer.epochs={case.epochs}",
+        f"trainer.backward={backward}",
+        "trainer.progress=false",
+    ]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = to_config(compose("config", overrides))
+    result = trainer.run(cfg)
+    times = [h["time/epoch_s"] for h in result.history]
+    steps = -(-result.dataset.x_train.shape[0] // case.batch_size)
+    return Row(
+        case.name,
+        f"sweeplab ({backward})",
+        _median_after_first(times),
+        result.metrics["test/acc"],
+        steps,
+    )
+
+
+def _median_after_first(times: list[float]) -> float:
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+# --- the matmul limit --------------------------------------------------------------------------
+
+
+def matmul_limit_epoch_s(
+    case: Case, n_features: int, n_outputs: int, n_train: int
+) -> tuple[float, float]:
+    """(seconds per epoch for the step's matrix products alone, measured GFLOP/s).
+
+    A step multiplies B x d by d x H (forward), B x H by H x K (forward), and for the gradients
+    H x B by B x d (dW_H), K x B by B x H (dW_O) and B x K by K x H (dA_H): 2B(2dH + 3HK) flops.
+    The rate is measured on the largest of these products at this case's sizes.
+    """
+    b, d, h, k = case.batch_size, n_features, case.d_hidden, n_outputs
+    a, w = torch.randn(b, d), torch.randn(d, h)
+    for _ in range(20):
+        a @ w
+    repeats = max(20, int(2e9 / (2 * b * d * h)))
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ w
+    rate = 2 * b * d * h * repeats / (time.perf_counter() - started)
+    flops_per_step = 2 * b * (2 * d * h + 3 * h * k)
+    steps = -(-n_train // b)
+    return steps * flops_per_step / rate, rate / 1e9
+
+
+def profile_step(case: Case, data: object) -> str:
+    """Where sweeplab's training step spends its time (torch.profiler, top operators)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from sweeplab.config import AdamConfig
+    from sweeplab.model import TwoLayerNet, manual_loss_and_grads
+    from sweeplab.trainer import build_optimizer
+
+    torch.manual_seed(0)
+    net = TwoLayerNet(data.n_features, case.d_hidden, data.n_outputs, "sigmoid")
+    opt = build_optimizer(list(net.parameters()), AdamConfig(lr=case.lr))
+    n = data.x_train.shape[0]
+    order = torch.randperm(n)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for start in range(0, n, case.batch_size):
+            idx = order[start : start + case.batch_size]
+            manual_loss_and_grads(net, data.x_train[idx], data.y_train[idx], data.task)
+            opt.step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def load(case: Case, idx_root: str | None) -> tuple[object, list[str]]:
+    """The case's dataset and the overrides that make sweeplab load the very same arrays."""
+    from sweeplab.config import IdxDataConfig, MnistDataConfig, SyntheticDataConfig
+    from sweeplab.data import load_dataset
+
+    if case.data == "synthetic":
+        sizes = {"n_train": 2000, "n_val": 500, "n_test": 1000}
+        overrides = ["data=synthetic", *(f"data.{k}={v}" for k, v in sizes.items())]
+        return load_dataset(SyntheticDataConfig(**sizes)), overrides
+    if idx_root:  # any IDX dataset instead of MNIST (the smoke test's tiny files)
+        overrides = ["data=idx", f"data.root={idx_root}", "data.n_val=10"]
+        return load_dataset(IdxDataConfig(root=idx_root, n_val=10)), overrides
+    return load_dataset(MnistDataConfig()), ["data=mnist"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per method and case")
+    parser.add_argument("--tiny", action="store_true", help="2 epochs (the smoke test)")
+    parser.add_argument("--idx-root", default=None, help="an IDX dataset folder to use for MNIST")
+    parser.add_argument("--profile", action="store_true", help="profile sweeplab's step")
+    parser.add_argument("--out", default=None, help="folder for bench.md and bench.csv")
+    args = parser.parse_args(argv)
+    epochs = 2 if args.tiny else args.epochs
+    cases = [
+        Case("MNIST d_H=100 B=100", "mnist", 100, 100, 1e-3, epochs),
+        Case("MNIST d_H=1000 B=1000", "mnist", 1000, 1000, 1e-3, epochs),
+        Case("synthetic d_H=4 B=100", "synthetic", 4, 100, 0.01, epochs * 4),
+    ]
+    rows: list[Row] = []
+    limits: dict[str, tuple[float, float]] = {}
+    for case in cases:
+        data, overrides = load(case, args.idx_root)
+        rows.append(seed_recipe(case, data))
+        rows.append(sweeplab_run(case, "manual", overrides))
+        rows.append(sweeplab_run(case, "autograd", overrides))
+        limits[case.name] = matmul_limit_epoch_s(
+            case, data.n_features, data.n_outputs, data.x_train.shape[0]
+        )
+        if args.profile and case.data == "mnist" and case.d_hidden == 100:
+            print(f"\nprofile of sweeplab's step, {case.name}:\n{profile_step(case, data)}")
+
+    header = (
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+        f"python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}"
+    )
+    lines = [
+        f"# Training speed ({header})",
+        "",
+        "| case | method | s/epoch | vs seed | test acc | matmul-limit s/epoch | vs limit |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        seed = next(r for r in rows if r.case == row.case and r.method == "seed recipe")
+        limit, _ = limits[row.case]
+        lines.append(
+            f"| {row.case} | {row.method} | {row.epoch_s:.4f} | {seed.epoch_s / row.epoch_s:.2f}x "
+            f"| {row.test_acc:.4f} | {limit:.4f} | {row.epoch_s / limit:.2f}x |"
+        )
+    lines.append("")
+    for name, (limit, gflops) in limits.items():
+        lines.append(
+            f"- {name}: matmul rate measured {gflops:.1f} GFLOP/s -> {limit:.4f} s/epoch of products"
+        )
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.md").write_text(report + "\n")
+        with (out / "bench.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(
+                ["case", "method", "epoch_s", "test_acc", "steps_per_epoch", "matmul_limit_epoch_s"]
+            )
+            for row in rows:
+                writer.writerow(
+                    [
+                        row.case,
+                        row.method,
+                        f"{row.epoch_s:.6f}",
+                        f"{row.test_acc:.4f}",
+                        row.steps_per_epoch,
+                        f"{limits[row.case][0]:.6f}",
+                    ]
+                )
+        print(f"\nwritten: {out / 'bench.md'}, {out / 'bench.csv'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The benchmark runs end to end at tiny size (its timings are not checked: they are measured by
+`make bench`, never asserted)."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+from sweeplab.config import PROJECT_ROOT
+
+from .test_mnist import tiny_arrays, write_idx_set
+
+
+def test_bench_smoke(tmp_path):
+    write_idx_set(tmp_path / "digits", tiny_arrays(n_train=300, n_test=50))
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "benchmarks" / "bench.py"),
+            "--tiny",
+            "--idx-root",
+            str(tmp_path / "digits"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| case | method | s/epoch | vs seed |" in done.stdout
+    with (tmp_path / "out" / "bench.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 9  # 3 cases x (seed recipe, sweeplab manual, sweeplab autograd)
+    assert {r["method"] for r in rows} == {
+        "seed recipe",
+        "sweeplab (manual)",
+        "sweeplab (autograd)",
+    }
+    assert all(float(r["epoch_s"]) > 0 and float(r["matmul_limit_epoch_s"]) > 0 for r in rows)
+    assert "matmul rate measured" in (tmp_path / "out" / "bench.md").read_text()
