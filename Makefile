@@ -48,7 +48,7 @@ format: install ## apply ruff's fixes and formatting
 ui: install ## the MLflow UI on http://127.0.0.1:$(PORT) (local only)
 	mkdir -p $(OUT)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(OUT)/mlflow.db \
-		--default-artifact-root $(OUT)/mlartifacts --host 127.0.0.1 --port $(PORT)
+		--default-artifact-root $(OUT)/mlartifacts --host 127.0.0.1 --port $(PORT) --workers 2
 
 clean: ## delete generated output (MLflow store, studies, Hydra runs); keeps .venv and data/
 	rm -rf $(OUT)
