@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         TIMES.clear()
         study = sweep.open_study(plan)
         started = time.perf_counter()
-        worker = sweep.Worker(plan, study, sweep.find_or_create_parent(plan, study), "")
+        parent = sweep.find_or_create_parent(plan, study)
+        worker = sweep.Worker(plan, study, parent, "", sweep.compose_trial)
         worker.work(None)
         wall = time.perf_counter() - started
         trials = study.get_trials()

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from sweeplab.config import CONF_DIR, ConfigError, register_configs
+from sweeplab.study import make_storage
 from sweeplab.sweep import plan_sweep, run_sweep
 
 from .conftest import run_cli
@@ -43,8 +44,6 @@ def plan_and_run(overrides):
 
 
 def load(plan):
-    from sweeplab.sweep import make_storage
-
     return optuna.load_study(study_name=plan.study_name, storage=make_storage(plan.storage))
 
 
@@ -163,7 +162,7 @@ def test_pruning_stops_a_hopeless_trial(mlflow_uri):
         plan = plan_sweep(compose("config", overrides), overrides, "synthetic")
         study = optuna.create_study(
             study_name=plan.study_name,
-            storage=__import__("sweeplab.sweep").sweep.make_storage(plan.storage),
+            storage=make_storage(plan.storage),
             direction="maximize",
         )
         good = {
@@ -299,8 +298,6 @@ def test_two_workers_share_one_storage_and_finish_exactly_the_budget(
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[w1] trial" in done.stdout  # the second worker ran trials too
     assert "database is locked" not in done.stderr
-    from sweeplab.sweep import make_storage
-
     study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers)) == 6
@@ -333,8 +330,6 @@ def test_killed_sweep_resumes_failing_and_retrying_the_orphan(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    from sweeplab.sweep import make_storage
-
     deadline = time.time() + 120
     study = None
     while time.time() < deadline:
@@ -390,9 +385,10 @@ def test_interrupted_sweep_ends_runs_killed_and_resumes(signum, mlflow_uri, _iso
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a terminal's Ctrl-C: a process started in the background (as CI runs us) inherits
+        # SIGINT ignored, and Python then never raises KeyboardInterrupt for it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    from sweeplab.sweep import make_storage
-
     storage = str(_isolated_output / "optuna" / f"{study_name}.journal")
     deadline = time.time() + 120
     while time.time() < deadline:

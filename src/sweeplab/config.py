@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,20 @@ def output_dir() -> Path:
     whatever directory the command is launched from.
     """
     return Path(os.environ.get("SWEEPLAB_OUTPUT") or PROJECT_ROOT / "outputs").resolve()
+
+
+def run_cli(hydra_main: Callable[[], None]) -> None:
+    """A command's entry point: store the schemas, check the output folder (a one-line error and
+    exit code 2 if it is unusable), then let Hydra compose the config and call `hydra_main`."""
+    import sys
+
+    register_configs()
+    try:
+        ensure_output_dir()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
 
 
 def ensure_output_dir() -> Path:

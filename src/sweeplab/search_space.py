@@ -157,6 +157,12 @@ def to_overrides(values: dict[str, Any]) -> list[str]:
     return [f"{key}={_format_value(value)}" for key, value in values.items()]
 
 
+def describe(values: dict[str, Any]) -> str:
+    """A trial's values as overrides for people: floats to 4 significant digits."""
+    shown = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in values.items()}
+    return " ".join(to_overrides(shown))
+
+
 def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
     """Ask the trial for a value of every parameter."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution

@@ -45,6 +45,11 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / folder).as_uri()
 
 
+def client_for(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
+    """The client and experiment id that `cfg` names (cached per process by `connect`)."""
+    return connect(store_uri(cfg), cfg.experiment)
+
+
 @functools.lru_cache(maxsize=8)
 def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """A client for `uri` and the id of `experiment` (created if new). Done once per process."""

@@ -23,8 +23,7 @@ from sweeplab.config import (
     CONF_DIR,
     Config,
     ConfigError,
-    ensure_output_dir,
-    register_configs,
+    run_cli,
     to_config,
 )
 
@@ -97,13 +96,7 @@ def _hydra_main(composed: DictConfig) -> None:
 
 
 def main() -> None:
-    register_configs()
-    try:
-        ensure_output_dir()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    _hydra_main()
+    run_cli(_hydra_main)
 
 
 if __name__ == "__main__":
