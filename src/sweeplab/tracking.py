@@ -175,10 +175,6 @@ class MlflowRun(Callback):
         self._pending = []
         self._last_flush = time.monotonic()
 
-    def set_tags(self, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
-
     def log_result(self, result: TrainResult, cfg: Config) -> None:
         """Final test metrics, then the plots and the trained weights as artifacts."""
         import torch
