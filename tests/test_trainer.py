@@ -111,3 +111,64 @@ def test_device_auto_is_cpu_without_cuda():
     assert trainer.resolve_device("auto").type == "cpu"
     with pytest.raises(RuntimeError, match="trainer.device='cuda'"):
         trainer.resolve_device("cuda")
+
+
+def test_cosine_schedule_with_warmup_sets_each_epochs_lr(make_config):
+    cfg = make_config("trainer.epochs=8", "trainer.lr_schedule=cosine", "trainer.warmup_epochs=2")
+    lrs = [h["train/lr"] for h in trainer.run(cfg).history]
+    base = cfg.optimizer.lr
+    assert lrs[:3] == pytest.approx([base / 2, base, base])  # warm-up, then cosine from lr
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:], strict=False))  # decreasing
+    assert lrs[-1] < 0.1 * base
+
+
+def test_step_schedule_decays_every_step_size_epochs(make_config):
+    cfg = make_config(
+        "trainer.epochs=6", "trainer.lr_schedule=step", "trainer.step_size=2", "trainer.gamma=0.5"
+    )
+    lrs = [h["train/lr"] for h in trainer.run(cfg).history]
+    base = cfg.optimizer.lr
+    assert lrs == pytest.approx([base, base, base / 2, base / 2, base / 4, base / 4])
+
+
+def test_no_schedule_logs_no_lr_and_keeps_it(make_config):
+    result = trainer.run(make_config())
+    assert "train/lr" not in result.history[0]
+
+
+def test_dropout_is_active_only_while_training(make_config):
+    from sweeplab.model import TwoLayerNet, supports_manual_backward
+
+    net = TwoLayerNet(2, 64, 1, "relu", dropout=0.5)
+    x = torch.rand(32, 2)
+    net.train()
+    assert not torch.equal(net(x), net(x))
+    net.eval()
+    assert torch.equal(net(x), net(x))
+    assert not supports_manual_backward(net)  # auto falls back to autograd
+    result = trainer.run(make_config("model.dropout=0.3", "model.d_hidden=16", "trainer.epochs=6"))
+    assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("model.dropout=1.0", "model.dropout=1.0"),
+        ("trainer.lr_schedule=linear", "trainer.lr_schedule='linear'"),
+        ("trainer.warmup_epochs=3", "trainer.warmup_epochs=3"),  # epochs=3 in the tiny config
+        ("trainer.gamma=0", "trainer.gamma=0"),
+    ],
+)
+def test_bad_regularisation_and_schedule_values_are_named(make_config, override, named):
+    from sweeplab.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        make_config(override)
+    assert str(err.value).startswith(named)
+
+
+def test_manual_backward_with_dropout_is_refused(make_config):
+    from sweeplab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.backward='manual'"):
+        make_config("model.dropout=0.2", "trainer.backward=manual")

@@ -140,6 +140,7 @@ class IdxDataConfig(DataConfig):
 class ModelConfig:
     d_hidden: int = 4  # d_H, the number of hidden units
     activation: str = "sigmoid"  # hidden activation h_H: sigmoid | tanh | relu
+    dropout: float = 0.0  # probability of zeroing a hidden unit while training; 0 = off
 
 
 # --- optimizer --------------------------------------------------------------------------------
@@ -203,9 +204,14 @@ class TrainerConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
     eval_batch_size: int = 8192  # evaluation runs in chunks of this size
-    backward: str = (
-        "auto"  # auto (manual where it applies) | manual (the seed's equations) | autograd
+    # auto (manual where it applies) | manual (the seed's equations) | autograd
+    backward: str = "auto"
+    lr_schedule: str = (
+        "none"  # none | cosine (to 0 over the epochs) | step (x gamma every step_size)
     )
+    warmup_epochs: int = 0  # linear warm-up from lr/warmup_epochs before the schedule
+    step_size: int = 30  # step schedule: epochs between decays
+    gamma: float = 0.1  # step schedule: decay factor
     progress: bool = True  # a progress bar on a terminal; always quiet when not a TTY
 
 
@@ -373,6 +379,8 @@ def validate(cfg: Config) -> None:
         f"must be one of {', '.join(ACTIVATIONS)}",
     )
 
+    _require(0 <= model.dropout < 1, "model.dropout", model.dropout, "must be in [0, 1)")
+
     opt = cfg.optimizer
     _require(math.isfinite(opt.lr) and opt.lr > 0, "optimizer.lr", opt.lr, "must be > 0")
     _require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, "must be >= 0")
@@ -408,6 +416,26 @@ def validate(cfg: Config) -> None:
         trainer.backward,
         "must be auto, manual or autograd",
     )
+    _require(
+        not (trainer.backward == "manual" and cfg.model.dropout > 0),
+        "trainer.backward",
+        trainer.backward,
+        "the hand-derived gradients do not cover model.dropout > 0; use auto or autograd",
+    )
+    _require(
+        trainer.lr_schedule in ("none", "cosine", "step"),
+        "trainer.lr_schedule",
+        trainer.lr_schedule,
+        "must be none, cosine or step",
+    )
+    _require(
+        0 <= trainer.warmup_epochs < trainer.epochs,
+        "trainer.warmup_epochs",
+        trainer.warmup_epochs,
+        f"must be >= 0 and < trainer.epochs={trainer.epochs}",
+    )
+    _require(trainer.step_size >= 1, "trainer.step_size", trainer.step_size, "must be >= 1")
+    _require(0 < trainer.gamma <= 1, "trainer.gamma", trainer.gamma, "must be in (0, 1]")
     _require(trainer.num_threads >= 0, "trainer.num_threads", trainer.num_threads, "must be >= 0")
     _require(
         trainer.device in DEVICES or trainer.device.startswith("cuda:"),

@@ -26,12 +26,16 @@ LOSSES: dict[str, LossFn] = {
 
 
 class TwoLayerNet(nn.Module):
-    """One hidden layer of `d_hidden` units with activation `activation`, linear output (logits)."""
+    """One hidden layer of `d_hidden` units with activation `activation`, linear output (logits),
+    and optional dropout on the hidden units while training."""
 
-    def __init__(self, d_in: int, d_hidden: int, d_out: int, activation: str) -> None:
+    def __init__(
+        self, d_in: int, d_hidden: int, d_out: int, activation: str, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.hidden = nn.Linear(d_in, d_hidden)
         self.activation = ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.output = nn.Linear(d_hidden, d_out)
 
     def hidden_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -39,7 +43,7 @@ class TwoLayerNet(nn.Module):
         return self.activation(self.hidden(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.hidden_features(x))
+        return self.output(self.dropout(self.hidden_features(x)))
 
 
 def loss_for_task(task: str) -> LossFn:
@@ -122,5 +126,9 @@ def _minus_ones(batch: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def supports_manual_backward(net: nn.Module) -> bool:
-    """The hand-derived gradients cover exactly TwoLayerNet with our activations."""
-    return type(net) is TwoLayerNet and type(net.activation) in _ACTIVATION_FNS
+    """The hand-derived gradients cover exactly TwoLayerNet with our activations, no dropout."""
+    return (
+        type(net) is TwoLayerNet
+        and type(net.activation) in _ACTIVATION_FNS
+        and isinstance(net.dropout, nn.Identity)
+    )

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from sweeplab.config import Config, OptimizerConfig
+from sweeplab.config import Config, OptimizerConfig, TrainerConfig
 from sweeplab.data import Dataset, load_dataset
 from sweeplab.model import (
     LossFn,
@@ -81,6 +81,29 @@ def build_optimizer(
     # fused kernels exist on CPU and CUDA for Adam/AdamW/SGD/Adagrad in torch >= 2.4
     kwargs["fused" if "fused" in accepted else "foreach"] = True
     return optimizer_cls(params, **kwargs)
+
+
+def build_schedule(
+    optimizer: torch.optim.Optimizer, cfg: TrainerConfig
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-epoch learning-rate schedule, from torch.optim.lr_scheduler; None if constant."""
+    from torch.optim import lr_scheduler
+
+    after_warmup = cfg.epochs - cfg.warmup_epochs
+    if cfg.lr_schedule == "cosine":
+        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=after_warmup)
+    elif cfg.lr_schedule == "step":
+        main = lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    else:
+        main = None
+    if cfg.warmup_epochs == 0:
+        return main
+    # epoch 1 runs at lr / warmup_epochs, epoch warmup_epochs at lr, then the schedule starts
+    warmup = lr_scheduler.LinearLR(
+        optimizer, start_factor=1 / cfg.warmup_epochs, total_iters=cfg.warmup_epochs - 1
+    )
+    then = main or lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return lr_scheduler.SequentialLR(optimizer, [warmup, then], milestones=[cfg.warmup_epochs])
 
 
 def train_one_epoch(
@@ -168,9 +191,10 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
     data = load_dataset(cfg.data).to(device)
     torch.manual_seed(cfg.seed)
     model = TwoLayerNet(
-        data.n_features, cfg.model.d_hidden, data.n_outputs, cfg.model.activation
+        data.n_features, cfg.model.d_hidden, data.n_outputs, cfg.model.activation, cfg.model.dropout
     ).to(device)
     optimizer = build_optimizer(list(model.parameters()), cfg.optimizer)
+    schedule = build_schedule(optimizer, cfg.trainer)
     loss_fn = loss_for_task(data.task)
     batch_order = torch.Generator().manual_seed(cfg.seed)
     classify = data.task != "regression"
@@ -181,6 +205,7 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
     # --- epochs
     history: list[dict[str, float]] = []
     for epoch in range(1, cfg.trainer.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
             model, optimizer, loss_fn, data, cfg.trainer.batch_size, batch_order, manual
@@ -191,7 +216,11 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
         val_loss, val_acc = evaluate(
             model, loss_fn, data.x_val, data.y_val, data.task, cfg.trainer.eval_batch_size
         )
+        if schedule is not None:
+            schedule.step()
         metrics = {"train/loss": train_loss, "val/loss": val_loss, "time/epoch_s": epoch_s}
+        if schedule is not None:
+            metrics["train/lr"] = lr
         if classify:
             metrics |= {"train/acc": train_acc, "val/acc": val_acc}
         history.append(metrics)
