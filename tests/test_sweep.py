@@ -211,6 +211,19 @@ def write_sweep_file(folder: Path, name: str, changes: dict) -> None:
     (folder / "sweep" / f"{name}.yaml").write_text(header + yaml.safe_dump(data))
 
 
+def run_own_sweep(conf_dir: Path, mlflow_uri: str, output: Path):
+    """`python -m sweeplab.sweep --config-dir conf_dir sweep=mine` with the small overrides."""
+    args = [a for a in sweep_overrides(mlflow_uri) if a != "sweep=synthetic"]
+    return run_cli(
+        "sweeplab.sweep",
+        "--config-dir",
+        str(conf_dir),
+        "sweep=mine",
+        *args,
+        env={"SWEEPLAB_OUTPUT": str(output)},
+    )
+
+
 @pytest.mark.parametrize(
     ("changes", "named"),
     [
@@ -229,15 +242,7 @@ def test_bad_sweep_configs_fail_before_any_trial(
     changes, named, mlflow_uri, tmp_path, _isolated_output
 ):
     write_sweep_file(tmp_path / "conf", "mine", changes)
-    args = [a for a in sweep_overrides(mlflow_uri) if a != "sweep=synthetic"]
-    done = run_cli(
-        "sweeplab.sweep",
-        "--config-dir",
-        str(tmp_path / "conf"),
-        "sweep=mine",
-        *args,
-        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
-    )
+    done = run_own_sweep(tmp_path / "conf", mlflow_uri, _isolated_output)
     assert done.returncode == 2, done.stderr
     assert named in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -248,17 +253,9 @@ def test_own_sweep_file_from_config_dir_runs(mlflow_uri, tmp_path, _isolated_out
     write_sweep_file(
         tmp_path / "conf", "mine", {"n_trials": 2, "params": {"model.d_hidden": "choice(2, 3)"}}
     )
-    args = [a for a in sweep_overrides(mlflow_uri) if a != "sweep=synthetic"]
-    done = run_cli(
-        "sweeplab.sweep",
-        "--config-dir",
-        str(tmp_path / "conf"),
-        "sweep=mine",
-        *args,
-        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
-    )
+    done = run_own_sweep(tmp_path / "conf", mlflow_uri, _isolated_output)
     assert done.returncode == 0, done.stderr
-    assert "budget reached (2 complete)" in done.stdout or "budget reached" in done.stdout
+    assert "stopped: budget reached" in done.stdout
     assert "model.d_hidden=" in done.stdout
 
 
