@@ -63,3 +63,24 @@ def test_unknown_key_wrong_type_or_option_fails_at_compose(override, named, _iso
     assert done.returncode != 0
     assert named in done.stderr
     assert not (_isolated_output / "mlflow.db").exists()
+
+
+def test_diverging_run_fails_with_one_line_and_a_failed_run(_isolated_output):
+    from mlflow.tracking import MlflowClient
+
+    done = run_cli(
+        "sweeplab.train",
+        *TINY,
+        "optimizer=sgd",
+        "optimizer.lr=1e6",
+        "tracking.run_name=boom",
+        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: train/loss=")
+    client = MlflowClient(f"sqlite:///{_isolated_output / 'mlflow.db'}")
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("sweeplab").experiment_id], "attributes.run_name = 'boom'"
+    )
+    assert run.info.status == "FAILED"
+    assert "training diverged" in run.data.tags["failure_reason"]

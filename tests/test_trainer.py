@@ -172,3 +172,20 @@ def test_manual_backward_with_dropout_is_refused(make_config):
 
     with pytest.raises(ConfigError, match="trainer.backward='manual'"):
         make_config("model.dropout=0.2", "trainer.backward=manual")
+
+
+def test_a_finite_but_exploding_loss_counts_as_divergence(make_config):
+    """The issue's example: on the default task, SGD with lr=1e6 keeps the loss finite but huge."""
+    recorder = Recorder()
+    with pytest.raises(DivergenceError, match="at epoch 1: training diverged"):
+        trainer.run(
+            make_config("optimizer=sgd", "optimizer.lr=1e6", "trainer.epochs=5"), [recorder]
+        )
+    assert recorder.epochs == []
+    # the check can be turned off
+    result = trainer.run(
+        make_config(
+            "optimizer=sgd", "optimizer.lr=1e6", "trainer.epochs=2", "trainer.divergence_ratio=0"
+        )
+    )
+    assert result.history[-1]["train/loss"] > 100

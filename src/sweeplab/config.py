@@ -212,6 +212,7 @@ class TrainerConfig:
     warmup_epochs: int = 0  # linear warm-up from lr/warmup_epochs before the schedule
     step_size: int = 30  # step schedule: epochs between decays
     gamma: float = 0.1  # step schedule: decay factor
+    divergence_ratio: float = 100.0  # stop when train/loss > this x max(initial loss, 1); 0 = off
     progress: bool = True  # a progress bar on a terminal; always quiet when not a TTY
 
 
@@ -433,6 +434,12 @@ def validate(cfg: Config) -> None:
         "trainer.warmup_epochs",
         trainer.warmup_epochs,
         f"must be >= 0 and < trainer.epochs={trainer.epochs}",
+    )
+    _require(
+        trainer.divergence_ratio >= 0,
+        "trainer.divergence_ratio",
+        trainer.divergence_ratio,
+        "must be >= 0 (0 turns the check off)",
     )
     _require(trainer.step_size >= 1, "trainer.step_size", trainer.step_size, "must be >= 1")
     _require(0 < trainer.gamma <= 1, "trainer.gamma", trainer.gamma, "must be in (0, 1]")

@@ -91,7 +91,13 @@ def _hydra_main(composed: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     raise_keyboard_interrupt_on_sigterm()
-    result, run_id = train_and_track(cfg)
+    from sweeplab.trainer import DivergenceError
+
+    try:
+        result, run_id = train_and_track(cfg)
+    except DivergenceError as err:  # the run is FAILED in MLflow with this reason
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     print(summary(cfg, result, run_id))
 
 

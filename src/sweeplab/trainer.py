@@ -201,6 +201,11 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
     manual = cfg.trainer.backward == "manual" or (
         cfg.trainer.backward == "auto" and supports_manual_backward(model)
     )
+    # a loss this far above the untrained network's has diverged even while it is finite
+    initial_loss, _ = evaluate(
+        model, loss_fn, data.x_val, data.y_val, data.task, cfg.trainer.eval_batch_size
+    )
+    diverged_above = cfg.trainer.divergence_ratio * max(initial_loss, 1.0)
 
     # --- epochs
     history: list[dict[str, float]] = []
@@ -211,8 +216,14 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
             model, optimizer, loss_fn, data, cfg.trainer.batch_size, batch_order, manual
         )
         epoch_s = time.perf_counter() - started
-        if not math.isfinite(train_loss):
-            raise DivergenceError(f"train/loss={train_loss} at epoch {epoch}: training diverged")
+        if not math.isfinite(train_loss) or (
+            cfg.trainer.divergence_ratio > 0 and train_loss > diverged_above
+        ):
+            raise DivergenceError(
+                f"train/loss={train_loss:.4g} at epoch {epoch}: training diverged (the untrained "
+                f"network's loss was {initial_loss:.4g}; trainer.divergence_ratio="
+                f"{cfg.trainer.divergence_ratio:g})"
+            )
         val_loss, val_acc = evaluate(
             model, loss_fn, data.x_val, data.y_val, data.task, cfg.trainer.eval_batch_size
         )
