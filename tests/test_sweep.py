@@ -306,6 +306,32 @@ def test_two_workers_share_one_storage_and_finish_exactly_the_budget(
 
 
 @pytest.mark.slow
+def test_timeout_stops_every_worker(mlflow_uri, _isolated_output):
+    """sweep.timeout is one moment for all workers: the extra ones stop starting trials too."""
+    done = run_cli(
+        "sweeplab.sweep",
+        *sweep_overrides(
+            mlflow_uri,
+            "sweep.n_trials=1000",
+            "sweep.workers=2",
+            "sweep.timeout=10",
+            "sweep.study_name=timed",
+            "trainer.epochs=30",
+        ),
+        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[w1] stopped: sweep.timeout=10.0s reached" in done.stdout
+    assert "stopped: sweep.timeout=10.0s reached" in done.stdout.replace("[w1] stopped", "")
+    storage = str(_isolated_output / "optuna" / "timed.journal")
+    study = optuna.load_study(study_name="timed", storage=make_storage(storage))
+    assert 0 < len(study.trials) < 1000
+    assert {t.user_attrs["worker"] for t in study.trials} and all(
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials
+    )
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("storage_kind", ["journal", "postgres"])
 def test_killed_sweep_resumes_failing_and_retrying_the_orphan(
     storage_kind, request, mlflow_uri, _isolated_output

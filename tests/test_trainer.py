@@ -136,17 +136,18 @@ def test_no_schedule_logs_no_lr_and_keeps_it(make_config):
     assert "train/lr" not in result.history[0]
 
 
-def test_dropout_is_active_only_while_training(make_config):
+@pytest.mark.parametrize("kind", ["dropout", "input_dropout"])
+def test_dropout_is_active_only_while_training(make_config, kind):
     from sweeplab.model import TwoLayerNet, supports_manual_backward
 
-    net = TwoLayerNet(2, 64, 1, "relu", dropout=0.5)
+    net = TwoLayerNet(2, 64, 1, "relu", **{kind: 0.5})
     x = torch.rand(32, 2)
     net.train()
     assert not torch.equal(net(x), net(x))
     net.eval()
     assert torch.equal(net(x), net(x))
     assert not supports_manual_backward(net)  # auto falls back to autograd
-    result = trainer.run(make_config("model.dropout=0.3", "model.d_hidden=16", "trainer.epochs=6"))
+    result = trainer.run(make_config(f"model.{kind}=0.3", "model.d_hidden=16", "trainer.epochs=6"))
     assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
 
 
@@ -154,6 +155,7 @@ def test_dropout_is_active_only_while_training(make_config):
     ("override", "named"),
     [
         ("model.dropout=1.0", "model.dropout=1.0"),
+        ("model.input_dropout=-0.1", "model.input_dropout=-0.1"),
         ("trainer.lr_schedule=linear", "trainer.lr_schedule='linear'"),
         ("trainer.warmup_epochs=3", "trainer.warmup_epochs=3"),  # epochs=3 in the tiny config
         ("trainer.gamma=0", "trainer.gamma=0"),
@@ -167,11 +169,12 @@ def test_bad_regularisation_and_schedule_values_are_named(make_config, override,
     assert str(err.value).startswith(named)
 
 
-def test_manual_backward_with_dropout_is_refused(make_config):
+@pytest.mark.parametrize("kind", ["dropout", "input_dropout"])
+def test_manual_backward_with_dropout_is_refused(make_config, kind):
     from sweeplab.config import ConfigError
 
     with pytest.raises(ConfigError, match="trainer.backward='manual'"):
-        make_config("model.dropout=0.2", "trainer.backward=manual")
+        make_config(f"model.{kind}=0.2", "trainer.backward=manual")
 
 
 def test_a_finite_but_exploding_loss_counts_as_divergence(make_config):

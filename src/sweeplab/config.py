@@ -141,6 +141,7 @@ class ModelConfig:
     d_hidden: int = 4  # d_H, the number of hidden units
     activation: str = "sigmoid"  # hidden activation h_H: sigmoid | tanh | relu
     dropout: float = 0.0  # probability of zeroing a hidden unit while training; 0 = off
+    input_dropout: float = 0.0  # probability of zeroing an input feature while training; 0 = off
 
 
 # --- optimizer --------------------------------------------------------------------------------
@@ -381,6 +382,12 @@ def validate(cfg: Config) -> None:
     )
 
     _require(0 <= model.dropout < 1, "model.dropout", model.dropout, "must be in [0, 1)")
+    _require(
+        0 <= model.input_dropout < 1,
+        "model.input_dropout",
+        model.input_dropout,
+        "must be in [0, 1)",
+    )
 
     opt = cfg.optimizer
     _require(math.isfinite(opt.lr) and opt.lr > 0, "optimizer.lr", opt.lr, "must be > 0")
@@ -418,10 +425,11 @@ def validate(cfg: Config) -> None:
         "must be auto, manual or autograd",
     )
     _require(
-        not (trainer.backward == "manual" and cfg.model.dropout > 0),
+        not (trainer.backward == "manual" and (cfg.model.dropout or cfg.model.input_dropout)),
         "trainer.backward",
         trainer.backward,
-        "the hand-derived gradients do not cover model.dropout > 0; use auto or autograd",
+        "the hand-derived gradients do not cover dropout (model.dropout, model.input_dropout);"
+        " use auto or autograd",
     )
     _require(
         trainer.lr_schedule in ("none", "cosine", "step"),

@@ -27,12 +27,19 @@ LOSSES: dict[str, LossFn] = {
 
 class TwoLayerNet(nn.Module):
     """One hidden layer of `d_hidden` units with activation `activation`, linear output (logits),
-    and optional dropout on the hidden units while training."""
+    and optional dropout on the hidden units and on the inputs while training."""
 
     def __init__(
-        self, d_in: int, d_hidden: int, d_out: int, activation: str, dropout: float = 0.0
+        self,
+        d_in: int,
+        d_hidden: int,
+        d_out: int,
+        activation: str,
+        dropout: float = 0.0,
+        input_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.input_dropout = nn.Dropout(input_dropout) if input_dropout > 0 else nn.Identity()
         self.hidden = nn.Linear(d_in, d_hidden)
         self.activation = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -43,7 +50,7 @@ class TwoLayerNet(nn.Module):
         return self.activation(self.hidden(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.dropout(self.hidden_features(x)))
+        return self.output(self.dropout(self.hidden_features(self.input_dropout(x))))
 
 
 def loss_for_task(task: str) -> LossFn:
@@ -131,4 +138,5 @@ def supports_manual_backward(net: nn.Module) -> bool:
         type(net) is TwoLayerNet
         and type(net.activation) in _ACTIVATION_FNS
         and isinstance(net.dropout, nn.Identity)
+        and isinstance(net.input_dropout, nn.Identity)
     )

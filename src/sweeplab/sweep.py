@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
 EPOCH_METRICS = ("val/acc", "val/loss", "train/acc", "train/loss")
 WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"  # set in the processes a sweep starts for its extra workers
+DEADLINE_ENV = "SWEEPLAB_SWEEP_DEADLINE"  # the main process's sweep.timeout, as a Unix time
 
 
 @dataclass
@@ -279,17 +280,18 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     worker = Worker(plan, study, parent_run_id, label, compose_trial)
     if worker_index:  # a worker started by the main process: trials only
         worker.on_trial_done.append(lambda line: print(line, flush=True))
-        reason = worker.work(None)
+        deadline = os.environ.get(DEADLINE_ENV)
+        reason = worker.work(float(deadline) if deadline else None)
         print(f"[w{worker_index}] stopped: {reason}", flush=True)
         return SweepSummary(plan.study_name, reason, {}, parent_run_id=parent_run_id)
 
     with bootstrap:
         worker.reconcile()
         close_orphan_runs(plan, study)
-    procs = _start_workers(plan, argv) if argv is not None else []
+    deadline = started + plan.settings.timeout if plan.settings.timeout else None
+    procs = _start_workers(plan, argv, deadline) if argv is not None else []
     bar = _progress(plan, study)
     worker.on_trial_done.append(lambda line: _echo(bar, line, study))
-    deadline = started + plan.settings.timeout if plan.settings.timeout else None
     client, _ = _mlflow(plan)
     try:
         reason = worker.work(deadline)
@@ -341,10 +343,14 @@ def _echo(bar: Any, line: str, study: optuna.Study) -> None:
     bar.refresh()
 
 
-def _start_workers(plan: SweepPlan, argv: list[str]) -> list[subprocess.Popen]:
+def _start_workers(
+    plan: SweepPlan, argv: list[str], deadline: float | None
+) -> list[subprocess.Popen]:
     procs = []
     for index in range(1, plan.workers):
         env = {**os.environ, WORKER_ENV: str(index)}
+        if deadline is not None:  # every worker stops starting trials at the same moment
+            env[DEADLINE_ENV] = repr(deadline)
         procs.append(subprocess.Popen([sys.executable, "-m", "sweeplab.sweep", *argv], env=env))
     return procs
 

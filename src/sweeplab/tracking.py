@@ -11,7 +11,9 @@ under the project's output folder (`sweeplab.config.output_dir`), wherever the c
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import re
 import subprocess
 import tempfile
@@ -114,6 +116,28 @@ def git_commit() -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+@functools.lru_cache(maxsize=1)
+def environment_tags() -> dict[str, str]:
+    """What a run was made on, for reports: CPU model and cores, library versions."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = [f"python {platform.python_version()}"]
+    for package in ("torch", "optuna", "mlflow", "hydra-core", "numpy"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions.append(f"{package} {version(package)}")
+    return {
+        "sweeplab.machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()}",
+        "sweeplab.versions": ", ".join(versions),
+    }
+
+
 def default_run_name(cfg: Config) -> str:
     return f"{cfg.data.name}-h{cfg.model.d_hidden}-{cfg.model.activation}-{cfg.optimizer.name}"
 
@@ -139,7 +163,12 @@ class MlflowRun(Callback):
         from mlflow.entities import Param
 
         client, experiment_id = connect(store_uri(cfg.tracking), cfg.tracking.experiment)
-        all_tags = {"dataset": cfg.data.name, "seed": str(cfg.seed), **(tags or {})}
+        all_tags = {
+            "dataset": cfg.data.name,
+            "seed": str(cfg.seed),
+            **environment_tags(),
+            **(tags or {}),
+        }
         if commit := git_commit():
             all_tags["mlflow.source.git.commit"] = commit
         if parent_run_id:

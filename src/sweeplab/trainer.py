@@ -191,7 +191,12 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
     data = load_dataset(cfg.data).to(device)
     torch.manual_seed(cfg.seed)
     model = TwoLayerNet(
-        data.n_features, cfg.model.d_hidden, data.n_outputs, cfg.model.activation, cfg.model.dropout
+        data.n_features,
+        cfg.model.d_hidden,
+        data.n_outputs,
+        cfg.model.activation,
+        dropout=cfg.model.dropout,
+        input_dropout=cfg.model.input_dropout,
     ).to(device)
     optimizer = build_optimizer(list(model.parameters()), cfg.optimizer)
     schedule = build_schedule(optimizer, cfg.trainer)
