@@ -166,19 +166,16 @@ def profile_step(case: Case, data: object) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     from sweeplab.config import AdamConfig
-    from sweeplab.model import TwoLayerNet, manual_loss_and_grads
-    from sweeplab.trainer import build_optimizer
+    from sweeplab.model import TwoLayerNet, loss_for_task
+    from sweeplab.trainer import build_optimizer, train_one_epoch
 
     torch.manual_seed(0)
     net = TwoLayerNet(data.n_features, case.d_hidden, data.n_outputs, "sigmoid")
     opt = build_optimizer(list(net.parameters()), AdamConfig(lr=case.lr))
-    n = data.x_train.shape[0]
-    order = torch.randperm(n)
+    loss_fn, order = loss_for_task(data.task), torch.Generator().manual_seed(0)
+    train_one_epoch(net, opt, loss_fn, data, case.batch_size, order, manual_backward=True)  # warm
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for start in range(0, n, case.batch_size):
-            idx = order[start : start + case.batch_size]
-            manual_loss_and_grads(net, data.x_train[idx], data.y_train[idx], data.task)
-            opt.step()
+        train_one_epoch(net, opt, loss_fn, data, case.batch_size, order, manual_backward=True)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
 
 

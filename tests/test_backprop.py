@@ -39,8 +39,8 @@ def test_manual_gradients_equal_autograd(activation, task, dtype):
     loss = loss_for_task(task)(net(x), y)
     loss.backward()
     expected = {name: p.grad.clone() for name, p in net.named_parameters()}
-    for p in net.parameters():
-        p.grad = None
+    for p in net.parameters():  # stale gradients of another batch: must be overwritten, not summed
+        p.grad = torch.full_like(p, 7.0)
     manual_loss, logits = manual_loss_and_grads(net, x, y, task)
     tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
     torch.testing.assert_close(manual_loss, loss.detach(), **tol)

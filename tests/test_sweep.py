@@ -136,6 +136,8 @@ def test_rerun_continues_the_study_without_rerunning(mlflow_uri):
         sweep_overrides(mlflow_uri, "sweep.n_trials=5", "sweep.study_name=resume")
     )
     assert len(load(plan).trials) == 5 and third.stop_reason == "budget reached"
+    tags = MlflowClient(mlflow_uri).get_run(first.parent_run_id).data.tags
+    assert tags["sweeplab.invocations"] == "3"  # reports say the wall time spans a resume
 
 
 def test_resume_with_a_changed_space_is_refused(mlflow_uri):

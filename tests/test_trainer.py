@@ -192,3 +192,30 @@ def test_a_finite_but_exploding_loss_counts_as_divergence(make_config):
         )
     )
     assert result.history[-1]["train/loss"] > 100
+
+
+@pytest.mark.parametrize("task", ["synthetic", "regression"])
+@pytest.mark.parametrize("manual", [True, False])
+def test_epoch_metrics_are_the_training_set_means(make_config, task, manual):
+    """With frozen weights (lr 0), an epoch's loss/accuracy equal those of the whole training set,
+    also when the last batch is smaller (200 samples, batches of 64: the last one has 8)."""
+    from sweeplab.data import load_dataset
+    from sweeplab.model import TwoLayerNet, loss_for_task
+
+    cfg = make_config(f"data={task}")
+    data = load_dataset(cfg.data)
+    torch.manual_seed(0)
+    net = TwoLayerNet(data.n_features, 5, data.n_outputs, "tanh")
+    frozen = torch.optim.SGD(net.parameters(), lr=0.0)
+    loss_fn = loss_for_task(data.task)
+    loss, acc = trainer.train_one_epoch(
+        net, frozen, loss_fn, data, 64, torch.Generator().manual_seed(0), manual
+    )
+    expected_loss, expected_acc = trainer.evaluate(
+        net, loss_fn, data.x_train, data.y_train, data.task
+    )
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    if data.task == "regression":
+        assert math.isnan(acc)
+    else:
+        assert acc == pytest.approx(expected_acc)

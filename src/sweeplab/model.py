@@ -67,11 +67,16 @@ def predict_proba(logits: torch.Tensor, task: str) -> torch.Tensor:
     return logits
 
 
+def hard_decisions(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """The predicted class, shaped like the targets: 0./1. (binary) or the argmax (multiclass)."""
+    if task == "binary":
+        return (logits > 0).to(logits.dtype)
+    return logits.argmax(dim=-1)
+
+
 def count_correct(logits: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
     """Number of correct hard decisions, as a tensor (no host sync)."""
-    if task == "binary":
-        return ((logits > 0).to(targets.dtype) == targets).sum()
-    return (logits.argmax(dim=-1) == targets).sum()
+    return (hard_decisions(logits, task) == targets).sum()
 
 
 @torch.no_grad()
@@ -104,11 +109,20 @@ def manual_loss_and_grads(
         d_zo = diff * (2.0 / diff.numel())
     # backward: dW_O = dZ_O^T A_H, db_O = dZ_O^T 1, dZ_H = (dZ_O W_O) * h'(Z_H), dW_H = dZ_H^T X
     d_zh = (d_zo @ w_o).mul_(_activation_derivative(net.activation, z_h, a_h))
-    w_o.grad = d_zo.t() @ a_h
-    b_o.grad = d_zo.sum(0)
-    w_h.grad = d_zh.t() @ x
-    b_h.grad = d_zh.sum(0)
+    _write_grad(w_o, torch.mm, d_zo.t(), a_h)
+    _write_grad(b_o, torch.sum, d_zo, 0)
+    _write_grad(w_h, torch.mm, d_zh.t(), x)
+    _write_grad(b_h, torch.sum, d_zh, 0)
     return loss, z_o
+
+
+def _write_grad(param: nn.Parameter, op: Callable[..., torch.Tensor], *args: object) -> None:
+    """param.grad = op(*args), written into the existing .grad buffer when there is one."""
+    grad = param.grad
+    if grad is not None and grad.shape == param.shape and grad.is_contiguous():
+        op(*args, out=grad)
+    else:
+        param.grad = op(*args)
 
 
 _ACTIVATION_FNS: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {

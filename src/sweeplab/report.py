@@ -433,7 +433,7 @@ def section_sweep(page: Page, spec: dict[str, Any]) -> None:
             "trials",
             ", ".join(f"{n} {state}" for state, n in counts.items()).replace("fail", "failed"),
         ],
-        ["wall time of the sweep", duration(wall_s(parent))],
+        ["wall time of the sweep", sweep_wall_time(parent)],
         [f"best {objective}", _metric(objective, tags.get("best_value"))],
         ["its test accuracy", pct(test_acc)],
     ]
@@ -462,6 +462,13 @@ def section_sweep(page: Page, spec: dict[str, Any]) -> None:
     progress_figure(page, parent, trials, objective, spec)
     for name in spec.get("optuna_plots", []):
         page.copy_artifact(parent, f"optuna/{name}", name.removesuffix(".png").replace("_", " "))
+
+
+def sweep_wall_time(parent: Run) -> str:
+    invocations = int(parent.data.tags.get("sweeplab.invocations", "1"))
+    if invocations == 1:
+        return duration(wall_s(parent))
+    return f"{duration(wall_s(parent))} from the first start to the last end, over {invocations} invocations (resumed)"
 
 
 def trial_values(run: Run) -> dict[str, str]:

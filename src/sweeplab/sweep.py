@@ -220,6 +220,13 @@ def find_or_create_parent(plan: SweepPlan, study: optuna.Study) -> str:
     return run_id
 
 
+def count_invocation(plan: SweepPlan, parent_run_id: str) -> None:
+    """Tag the study's run with how many times the sweep was started (resumes included)."""
+    client, _ = _mlflow(plan)
+    before = client.get_run(parent_run_id).data.tags.get("sweeplab.invocations", "0")
+    client.set_tag(parent_run_id, "sweeplab.invocations", str(int(before) + 1))
+
+
 def to_flat_dict_sweep(settings: SweepConfig) -> dict[str, Any]:
     flat = {}
     for key, value in OmegaConf.to_container(OmegaConf.structured(settings)).items():
@@ -288,6 +295,7 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     with bootstrap:
         worker.reconcile()
         close_orphan_runs(plan, study)
+        count_invocation(plan, parent_run_id)
     deadline = started + plan.settings.timeout if plan.settings.timeout else None
     procs = _start_workers(plan, argv, deadline) if argv is not None else []
     bar = _progress(plan, study)

@@ -25,6 +25,7 @@ from sweeplab.model import (
     LossFn,
     TwoLayerNet,
     count_correct,
+    hard_decisions,
     loss_for_task,
     manual_loss_and_grads,
     supports_manual_backward,
@@ -124,11 +125,16 @@ def train_one_epoch(
     x, y = data.x_train, data.y_train
     n = x.shape[0]
     order = torch.randperm(n, generator=generator).to(x.device)
-    total_loss = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    y_shuffled = y.index_select(0, order)  # the labels are small: shuffled once per epoch
+    # each batch of inputs is gathered into one reused buffer: no allocation per step
+    x_batch = torch.empty((min(batch_size, n), *x.shape[1:]), dtype=x.dtype, device=x.device)
+    # per-step results are kept and reduced once per epoch: fewer small ops in the inner loop
+    losses: list[torch.Tensor] = []
+    decisions: list[torch.Tensor] = []
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        xb, yb = x[idx], y[idx]
+        xb = torch.index_select(x, 0, idx, out=x_batch[: idx.numel()])
+        yb = y_shuffled[start : start + batch_size]
         if manual_backward:
             loss, logits = manual_loss_and_grads(model, xb, yb, data.task)
         else:
@@ -137,10 +143,17 @@ def train_one_epoch(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         optimizer.step()
-        total_loss += loss.detach() * idx.numel()
+        losses.append(loss.detach())
         if data.task != "regression":
-            correct += count_correct(logits.detach(), yb, data.task)
-    return total_loss.item() / n, correct.item() / n
+            decisions.append(hard_decisions(logits.detach(), data.task))
+    # each step's loss is a mean over its batch; the last batch may be smaller
+    batch_sizes = torch.full((len(losses),), float(batch_size), device=x.device)
+    batch_sizes[-1] = n - batch_size * (len(losses) - 1)
+    mean_loss = (torch.stack(losses) * batch_sizes).sum().item() / n
+    if not decisions:
+        return mean_loss, math.nan
+    correct = (torch.cat(decisions) == y_shuffled).sum().item()
+    return mean_loss, correct / n
 
 
 @torch.inference_mode()
