@@ -567,6 +567,8 @@ def section_references(page: Page, spec: dict[str, Any]) -> None:
             )
         else:
             run = page.store.latest_run(ours["experiment"])
+        if run is not None and all(r.info.run_id != run.info.run_id for r in page.runs):
+            page.runs.append(run)
         acc = run.data.metrics.get("test/acc") if run else None
         error = "-" if acc is None else f"{100 * (1 - acc):.2f} %"
         rows.append([f"sweeplab ({ours['label']})", describe_run(run), error, pct(acc)])

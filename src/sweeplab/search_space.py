@@ -227,7 +227,12 @@ def _build(
         raise ConfigError(f"sweep.{kind}: {module} has no {class_name}")
     accepted = inspect.signature(cls).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-        ignored = sorted(set(spec) - set(accepted))
+        from sweeplab.config import SweepConfig
+
+        schema_default = getattr(SweepConfig(), kind)  # merged in, not written by the user
+        ignored = sorted(
+            k for k in set(spec) - set(accepted) if spec[k] != schema_default.get(k, object())
+        )
         if ignored:
             print(
                 f"warning: sweep.{kind}: {class_name} takes no {', '.join(ignored)}; ignored",
