@@ -308,6 +308,24 @@ def test_two_workers_share_one_storage_and_finish_exactly_the_budget(
 
 
 @pytest.mark.slow
+def test_two_workers_cover_a_grid_exactly_once(mlflow_uri, _isolated_output):
+    """Every worker must order the grid alike: 45 trials of the 5 x 3 x 3 grid, no point twice."""
+    done = run_cli(
+        "sweeplab.sweep",
+        *sweep_overrides(mlflow_uri, "trainer.epochs=2", "sweep.workers=2")[1:],
+        "sweep=synthetic_widths",
+        "sweep.study_name=grid2",
+        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[w1] trial" in done.stdout
+    storage = str(_isolated_output / "optuna" / "grid2.journal")
+    study = optuna.load_study(study_name="grid2", storage=make_storage(storage))
+    points = {tuple(sorted(t.params.items())) for t in study.trials}
+    assert len(study.trials) == 45 and len(points) == 45
+
+
+@pytest.mark.slow
 def test_timeout_stops_every_worker(mlflow_uri, _isolated_output):
     """sweep.timeout is one moment for all workers: the extra ones stop starting trials too."""
     done = run_cli(

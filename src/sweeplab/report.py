@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import shlex
 import shutil
 import subprocess
@@ -724,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uri", help="MLflow tracking URI (default: the project's SQLite store)")
     parser.add_argument("--root", type=Path, default=EXPERIMENTS_DIR, help="experiments folder")
     args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per figure
     try:
         experiments = [load_experiment(f) for f in experiment_folders(args.root, args.names)]
         if args.run:

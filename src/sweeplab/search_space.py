@@ -244,11 +244,13 @@ def _build(
 
 def make_sampler(spec: dict[str, Any], space: SearchSpace, seed_offset: int = 0) -> Any:
     """An Optuna sampler from `{name: tpe, seed: 0, ...}`; extra workers shift the seed so that
-    they do not all propose the same points."""
+    they do not all propose the same points. Not the grid sampler's: its seed orders the grid,
+    and a trial's grid point is its number in that order, so every worker needs the same one."""
     cls, kwargs = _build("sampler", SAMPLERS, spec, "optuna.samplers")
+    is_grid = cls.__name__ == "GridSampler"
     if kwargs.get("seed") is not None:
-        kwargs["seed"] = int(kwargs["seed"]) + seed_offset
-    if cls.__name__ == "GridSampler":
+        kwargs["seed"] = int(kwargs["seed"]) + (0 if is_grid else seed_offset)
+    if is_grid:
         kwargs.setdefault("search_space", space.grid())
     try:
         return cls(**kwargs)
