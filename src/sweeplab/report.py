@@ -536,7 +536,14 @@ def progress_figure(
             best_t.append(t)
             best_v.append(v)
             best_test.append(test)
-    ax.step(best_t, best_v, where="post", color="C1", label=f"best {objective} so far")
+    last_t = done[-1][0]  # the best-so-far line runs to the last trial's end
+    ax.step(
+        [*best_t, last_t],
+        [*best_v, best_v[-1]],
+        where="post",
+        color="C1",
+        label=f"best {objective} so far",
+    )
     ax.plot(best_t, best_test, "s", color="C3", ms=4, label="test acc of that best trial")
     if goal := spec.get("goal"):
         ax.axhline(float(goal["value"]), color="k", ls="--", lw=0.8, label="goal")
