@@ -307,20 +307,28 @@ def test_two_workers_share_one_storage_and_finish_exactly_the_budget(
     assert tags == list(range(6))
 
 
+def two_worker_sweep(mlflow_uri, output, study_name, *extra, sweep="synthetic"):
+    """`python -m sweeplab.sweep ... sweep.workers=2` as a subprocess; (its result, the study)."""
+    overrides = sweep_overrides(mlflow_uri, "sweep.workers=2", f"sweep.study_name={study_name}")
+    done = run_cli(
+        "sweeplab.sweep",
+        f"sweep={sweep}",
+        *overrides[1:],  # all but sweep_overrides' own sweep=synthetic
+        *extra,
+        env={"SWEEPLAB_OUTPUT": str(output)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    storage = make_storage(str(output / "optuna" / f"{study_name}.journal"))
+    return done, optuna.load_study(study_name=study_name, storage=storage)
+
+
 @pytest.mark.slow
 def test_two_workers_cover_a_grid_exactly_once(mlflow_uri, _isolated_output):
     """Every worker must order the grid alike: 45 trials of the 5 x 3 x 3 grid, no point twice."""
-    done = run_cli(
-        "sweeplab.sweep",
-        *sweep_overrides(mlflow_uri, "trainer.epochs=2", "sweep.workers=2")[1:],
-        "sweep=synthetic_widths",
-        "sweep.study_name=grid2",
-        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
+    done, study = two_worker_sweep(
+        mlflow_uri, _isolated_output, "grid2", "trainer.epochs=2", sweep="synthetic_widths"
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     assert "[w1] trial" in done.stdout
-    storage = str(_isolated_output / "optuna" / "grid2.journal")
-    study = optuna.load_study(study_name="grid2", storage=make_storage(storage))
     points = {tuple(sorted(t.params.items())) for t in study.trials}
     assert len(study.trials) == 45 and len(points) == 45
 
@@ -328,23 +336,16 @@ def test_two_workers_cover_a_grid_exactly_once(mlflow_uri, _isolated_output):
 @pytest.mark.slow
 def test_timeout_stops_every_worker(mlflow_uri, _isolated_output):
     """sweep.timeout is one moment for all workers: the extra ones stop starting trials too."""
-    done = run_cli(
-        "sweeplab.sweep",
-        *sweep_overrides(
-            mlflow_uri,
-            "sweep.n_trials=1000",
-            "sweep.workers=2",
-            "sweep.timeout=10",
-            "sweep.study_name=timed",
-            "trainer.epochs=30",
-        ),
-        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
+    done, study = two_worker_sweep(
+        mlflow_uri,
+        _isolated_output,
+        "timed",
+        "sweep.n_trials=1000",
+        "sweep.timeout=10",
+        "trainer.epochs=30",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     assert "[w1] stopped: sweep.timeout=10.0s reached" in done.stdout
     assert "stopped: sweep.timeout=10.0s reached" in done.stdout.replace("[w1] stopped", "")
-    storage = str(_isolated_output / "optuna" / "timed.journal")
-    study = optuna.load_study(study_name="timed", storage=make_storage(storage))
     assert 0 < len(study.trials) < 1000
     assert {t.user_attrs["worker"] for t in study.trials} and all(
         t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials

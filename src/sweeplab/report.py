@@ -24,6 +24,7 @@ import datetime as dt
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,11 @@ if TYPE_CHECKING:
 
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 SECTION_KINDS = ("run", "grid", "sweep", "references")
+REQUIRED_KEYS = {
+    "run": ("experiment",),
+    "grid": ("experiment", "x", "series"),
+    "sweep": ("experiment",),
+}
 RUN_TABLE_PARAMS = (
     "data.name",
     "data.n_train",
@@ -98,12 +104,7 @@ def load_experiment(folder: Path) -> Experiment:
             raise ReportError(
                 f"{path}: sections[{i}].kind={kind!r}: must be one of {', '.join(SECTION_KINDS)}"
             )
-        needed = {
-            "run": ["experiment"],
-            "grid": ["experiment", "x", "series"],
-            "sweep": ["experiment"],
-        }
-        for key in needed.get(kind, []):
+        for key in REQUIRED_KEYS.get(kind, ()):
             if not section.get(key):
                 raise ReportError(f"{path}: sections[{i}].{key} is needed for kind {kind}")
     commands = spec.get("commands") or []
@@ -221,23 +222,6 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def median(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
-def _pyplot():  # noqa: ANN202 - matplotlib is imported only when a report is made
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 @dataclass
 class Page:
     """The report being written: markdown parts, figures, and the runs it drew from."""
@@ -272,7 +256,6 @@ def section_run(page: Page, spec: dict[str, Any]) -> None:
     run_id = run.info.run_id
     params, metrics = run.data.params, run.data.metrics
     epoch_times = [v for _, v in store.history(run_id, "time/epoch_s")]
-    val_acc = store.history(run_id, "val/acc")
     rows = [[key, params[key]] for key in RUN_TABLE_PARAMS if key in params]
     page.parts.append(table(["setting", "value"], rows) + "\n")
 
@@ -281,7 +264,7 @@ def section_run(page: Page, spec: dict[str, Any]) -> None:
         ["validation accuracy (last epoch)", pct(metrics.get("val/acc"))],
         ["epochs trained", str(len(epoch_times))],
         ["wall time of the run", duration(wall_s(run))],
-        ["training time per epoch (median)", f"{1000 * median(epoch_times):.1f} ms"]
+        ["training time per epoch (median)", f"{1000 * statistics.median(epoch_times):.1f} ms"]
         if epoch_times
         else ["training time per epoch", "-"],
     ]
@@ -302,8 +285,8 @@ def section_run(page: Page, spec: dict[str, Any]) -> None:
             key: dict(store.history(run_id, key))
             for key in ("train/loss", "train/acc", "val/loss", "val/acc")
         }
-        wanted = [s for s in steps if s in by_step["val/acc"]] if steps != "all" else None
-        shown = wanted if wanted is not None else [s for s, _ in val_acc]
+        epochs = sorted(by_step["val/acc"])
+        shown = epochs if steps == "all" else [s for s in steps if s in by_step["val/acc"]]
         rows = [
             [
                 step,
@@ -355,6 +338,8 @@ def section_grid(page: Page, spec: dict[str, Any]) -> None:
     if not values:
         raise ReportError(f"study run {parent.info.run_id}: no finished trial with {metric}")
     xs = sorted({x for per_x in values.values() for x in per_x})
+    from sweeplab.plots import _pyplot  # matplotlib and torch only when a figure is drawn
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for series, per_x in sorted(values.items()):
@@ -487,12 +472,6 @@ def trial_values(run: Run) -> dict[str, str]:
     return values
 
 
-def budget(params: dict[str, str]) -> str:
-    timeout = params.get("sweep.timeout")
-    limit = f"no trial starts after {float(timeout):.0f} s" if timeout not in (None, "None") else ""
-    return ", ".join(p for p in (f"{params.get('sweep.n_trials')} trials", limit) if p)
-
-
 def _metric(name: str, value: str | float | None) -> str:
     if value is None:
         return "-"
@@ -516,6 +495,8 @@ def progress_figure(
     complete = [d for d in done if d[3] == "COMPLETE"]
     if not complete:
         return
+    from sweeplab.plots import _pyplot  # matplotlib and torch only when a figure is drawn
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.scatter([d[0] for d in complete], [d[1] for d in complete], s=14, label=f"trial {objective}")
