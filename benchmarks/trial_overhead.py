@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     timed(tracking.MlflowRun, "end", "MLflow run end")
     timed(sweep.Worker, "after_trial", "sweep bookkeeping (tags, best value)")
     timed(trainer, "load_dataset", "data (cached per process)")
-    timed(trainer, "build_optimizer", "optimizer build")
+    timed(trainer, "build_optimizer", "optimizer build")  # the name trainer.run calls
     timed(trainer, "train_one_epoch", "training epoch")
     timed(trainer, "evaluate", "evaluation (val and test)")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from sweeplab import trainer
+from sweeplab import optim, trainer
 from sweeplab.trainer import Callback, DivergenceError
 
 
@@ -67,7 +67,7 @@ def test_every_optimizer_learns_the_synthetic_task(make_config, optimizer):
 
 def test_optimizer_uses_fast_kernels(make_config):
     cfg = make_config("optimizer=sgd")
-    opt = trainer.build_optimizer([torch.nn.Parameter(torch.zeros(3))], cfg.optimizer)
+    opt = optim.build_optimizer([torch.nn.Parameter(torch.zeros(3))], cfg.optimizer)
     assert opt.defaults.get("fused") or opt.defaults.get("foreach")
     assert opt.defaults["momentum"] == 0.9
 

@@ -9,6 +9,7 @@ prediction time, by `predict_proba`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -79,50 +80,59 @@ def count_correct(logits: torch.Tensor, targets: torch.Tensor, task: str) -> tor
     return (hard_decisions(logits, task) == targets).sum()
 
 
-@torch.no_grad()
-def manual_loss_and_grads(
-    net: TwoLayerNet, x: torch.Tensor, y: torch.Tensor, task: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The seed's back-propagation equations, without an autograd graph: forward, mean loss, and
-    the gradients of all four parameters written into their `.grad`. Returns (loss, logits).
+class ManualBackprop:
+    """The seed's back-propagation equations for one TwoLayerNet, without an autograd graph.
 
-    At this network's size building the autograd graph costs more than the arithmetic; this path
-    computes exactly what `loss.backward()` would (tests compare them for every activation/loss).
+        backprop = ManualBackprop(net, task)       # binds the parameters and their .grad buffers
+        logits = backprop(x, y)                    # forward, then every parameter's .grad
+
+    Each call does the forward pass and writes the gradients of the batch's mean loss for all four
+    parameters into their `.grad` buffers (made once, here, and overwritten at every call). The
+    loss itself is not needed for the gradients; the trainer computes the epoch's loss from all
+    the logits at once. At this network's size building the autograd graph costs more than the
+    arithmetic; this path computes exactly what `loss.backward()` would (tests compare them for
+    every activation and loss). Everything that does not change between steps is looked up once.
     """
-    w_h, b_h, w_o, b_o = net.hidden.weight, net.hidden.bias, net.output.weight, net.output.bias
-    # forward: Z_H = X W_H^T + b_H, A_H = h(Z_H), Z_O = A_H W_O^T + b_O
-    z_h = torch.addmm(b_h, x, w_h.t())
-    a_h = _ACTIVATION_FNS[type(net.activation)](z_h)
-    z_o = torch.addmm(b_o, a_h, w_o.t())
-    batch = x.shape[0]
-    # dJ/dZ_O for the mean loss: softmax - one-hot (CE), sigmoid - y (BCE), 2 (Z_O - Y) / nK (MSE)
-    if task == "multiclass":
-        log_probs = torch.log_softmax(z_o, dim=1)
-        loss = F.nll_loss(log_probs, y)
-        d_zo = log_probs.exp_().scatter_add_(1, y[:, None], _minus_ones(batch, z_o)).div_(batch)
-    elif task == "binary":
-        loss = F.binary_cross_entropy_with_logits(z_o, y)
-        d_zo = (torch.sigmoid(z_o) - y) / batch
-    else:
-        diff = z_o - y
-        loss = diff.square().mean()
-        d_zo = diff * (2.0 / diff.numel())
-    # backward: dW_O = dZ_O^T A_H, db_O = dZ_O^T 1, dZ_H = (dZ_O W_O) * h'(Z_H), dW_H = dZ_H^T X
-    d_zh = (d_zo @ w_o).mul_(_activation_derivative(net.activation, z_h, a_h))
-    _write_grad(w_o, torch.mm, d_zo.t(), a_h)
-    _write_grad(b_o, torch.sum, d_zo, 0)
-    _write_grad(w_h, torch.mm, d_zh.t(), x)
-    _write_grad(b_h, torch.sum, d_zh, 0)
-    return loss, z_o
 
+    def __init__(self, net: TwoLayerNet, task: str) -> None:
+        if not supports_manual_backward(net):
+            raise ValueError("the hand-derived gradients cover TwoLayerNet without dropout only")
+        self.params = (net.hidden.weight, net.hidden.bias, net.output.weight, net.output.bias)
+        for p in self.params:
+            if p.grad is None or p.grad.shape != p.shape or not p.grad.is_contiguous():
+                p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        self.grads = tuple(p.grad for p in self.params)
+        self.activation = _ACTIVATION_FNS[type(net.activation)]
+        self.activation_backward = _ACTIVATION_BACKWARD[type(net.activation)]
+        self.task = task
 
-def _write_grad(param: nn.Parameter, op: Callable[..., torch.Tensor], *args: object) -> None:
-    """param.grad = op(*args), written into the existing .grad buffer when there is one."""
-    grad = param.grad
-    if grad is not None and grad.shape == param.shape and grad.is_contiguous():
-        op(*args, out=grad)
-    else:
-        param.grad = op(*args)
+    @torch.no_grad()
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The logits of batch (x, y) (written into `logits` if given); the gradients into .grad."""
+        w_h, b_h, w_o, b_o = self.params
+        grad_w_h, grad_b_h, grad_w_o, grad_b_o = self.grads
+        # forward: Z_H = X W_H^T + b_H, A_H = h(Z_H), Z_O = A_H W_O^T + b_O
+        z_h = torch.addmm(b_h, x, w_h.t())
+        a_h = self.activation(z_h)
+        z_o = torch.addmm(b_o, a_h, w_o.t(), out=logits)
+        batch = x.shape[0]
+        # dJ/dZ_O of the mean loss: softmax - one-hot (CE), sigmoid - y (BCE), 2(Z_O - Y)/nK (MSE)
+        if self.task == "multiclass":
+            minus_ones = _minus_ones(batch, z_o.dtype, z_o.device)
+            d_zo = torch.softmax(z_o, dim=1).scatter_add_(1, y[:, None], minus_ones).div_(batch)
+        elif self.task == "binary":
+            d_zo = torch.sigmoid(z_o).sub_(y).div_(batch)
+        else:
+            d_zo = torch.sub(z_o, y).mul_(2.0 / z_o.numel())
+        # backward: dW_O = dZ_O^T A_H, db_O = dZ_O^T 1, dZ_H = (dZ_O W_O) * h'(Z_H), dW_H = dZ_H^T X
+        d_zh = self.activation_backward(d_zo @ w_o, z_h, a_h)
+        torch.mm(d_zo.t(), a_h, out=grad_w_o)
+        torch.sum(d_zo, 0, out=grad_b_o)
+        torch.mm(d_zh.t(), x, out=grad_w_h)
+        torch.sum(d_zh, 0, out=grad_b_h)
+        return z_o
 
 
 _ACTIVATION_FNS: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
@@ -132,18 +142,19 @@ _ACTIVATION_FNS: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] =
 }
 
 
-def _activation_derivative(activation: nn.Module, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """h'(z) from the stored activation a = h(z): a(1-a) (sigmoid), 1-a^2 (tanh), [z > 0] (ReLU)."""
-    if isinstance(activation, nn.Sigmoid):
-        return torch.addcmul(a, a, a, value=-1.0)  # a - a^2, one kernel
-    if isinstance(activation, nn.Tanh):
-        return torch.addcmul(torch.ones_like(a), a, a, value=-1.0)
-    return (z > 0).to(z.dtype)
+# dJ/dZ_H from dJ/dA_H with the kernels autograd itself uses: grad * a(1-a) (sigmoid),
+# grad * (1-a^2) (tanh), grad * [z > 0] (ReLU), each one pass over the batch
+_ACTIVATION_BACKWARD: dict[type[nn.Module], Callable[..., torch.Tensor]] = {
+    nn.Sigmoid: lambda grad, z, a: torch.ops.aten.sigmoid_backward(grad, a),
+    nn.Tanh: lambda grad, z, a: torch.ops.aten.tanh_backward(grad, a),
+    nn.ReLU: lambda grad, z, a: torch.ops.aten.threshold_backward(grad, z, 0),
+}
 
 
-def _minus_ones(batch: int, like: torch.Tensor) -> torch.Tensor:
-    """(batch, 1) of -1: subtracts the one-hot targets from the softmax in one scatter."""
-    return torch.full((batch, 1), -1.0, dtype=like.dtype, device=like.device)
+@functools.lru_cache(maxsize=16)
+def _minus_ones(batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(batch, 1) of -1, made once: subtracts the one-hot targets from the softmax in one scatter."""
+    return torch.full((batch, 1), -1.0, dtype=dtype, device=device)
 
 
 def supports_manual_backward(net: nn.Module) -> bool:

@@ -12,33 +12,24 @@ syncs with the host (`.item()` once per epoch), evaluation runs in large chunks 
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
-from sweeplab.config import Config, OptimizerConfig, TrainerConfig
+from sweeplab.config import Config
 from sweeplab.data import Dataset, RandomShift, load_dataset
 from sweeplab.model import (
     LossFn,
+    ManualBackprop,
     TwoLayerNet,
     count_correct,
-    hard_decisions,
     loss_for_task,
-    manual_loss_and_grads,
     supports_manual_backward,
 )
-
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "sgd": torch.optim.SGD,
-    "rmsprop": torch.optim.RMSprop,
-    "adagrad": torch.optim.Adagrad,
-}
+from sweeplab.optim import build_optimizer, build_schedule
 
 
 class Callback:
@@ -71,43 +62,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_optimizer(
-    params: list[torch.nn.Parameter], cfg: OptimizerConfig
-) -> torch.optim.Optimizer:
-    """The torch.optim class named by `cfg.name`, with its fastest multi-tensor kernel."""
-    optimizer_cls = OPTIMIZERS[cfg.name]
-    kwargs = {key: value for key, value in asdict(cfg).items() if key != "name"}
-    if "betas" in kwargs:
-        kwargs["betas"] = tuple(kwargs["betas"])
-    accepted = inspect.signature(optimizer_cls).parameters
-    # fused kernels exist on CPU and CUDA for Adam/AdamW/SGD/Adagrad in torch >= 2.4
-    kwargs["fused" if "fused" in accepted else "foreach"] = True
-    return optimizer_cls(params, **kwargs)
-
-
-def build_schedule(
-    optimizer: torch.optim.Optimizer, cfg: TrainerConfig
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The per-epoch learning-rate schedule, from torch.optim.lr_scheduler; None if constant."""
-    from torch.optim import lr_scheduler
-
-    after_warmup = cfg.epochs - cfg.warmup_epochs
-    if cfg.lr_schedule == "cosine":
-        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=after_warmup)
-    elif cfg.lr_schedule == "step":
-        main = lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    else:
-        main = None
-    if cfg.warmup_epochs == 0:
-        return main
-    # epoch 1 runs at lr / warmup_epochs, epoch warmup_epochs at lr, then the schedule starts
-    warmup = lr_scheduler.LinearLR(
-        optimizer, start_factor=1 / cfg.warmup_epochs, total_iters=cfg.warmup_epochs - 1
-    )
-    then = main or lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    return lr_scheduler.SequentialLR(optimizer, [warmup, then], milestones=[cfg.warmup_epochs])
-
-
 def train_one_epoch(
     model: TwoLayerNet,
     optimizer: torch.optim.Optimizer,
@@ -122,7 +76,7 @@ def train_one_epoch(
     `augment` (e.g. `data.RandomShift`) transforms each batch of inputs.
 
     Gradients come from autograd, or with `manual_backward` from the seed's back-propagation
-    equations (`model.manual_loss_and_grads`), which are the same numbers without the graph.
+    equations (`model.ManualBackprop`), which are the same numbers without the graph.
     """
     model.train()
     x, y = data.x_train, data.y_train
@@ -130,35 +84,31 @@ def train_one_epoch(
     order = torch.randperm(n, generator=generator).to(x.device)
     y_shuffled = y.index_select(0, order)  # the labels are small: shuffled once per epoch
     # each batch of inputs is gathered into one reused buffer: no allocation per step
-    x_batch = torch.empty((min(batch_size, n), *x.shape[1:]), dtype=x.dtype, device=x.device)
-    # per-step results are kept and reduced once per epoch: fewer small ops in the inner loop
-    losses: list[torch.Tensor] = []
-    decisions: list[torch.Tensor] = []
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        xb = torch.index_select(x, 0, idx, out=x_batch[: idx.numel()])
-        yb = y_shuffled[start : start + batch_size]
+    x_buffer = torch.empty((min(batch_size, n), *x.shape[1:]), dtype=x.dtype, device=x.device)
+    # every step's logits land in one tensor; the epoch's loss and accuracy come from it at the
+    # end, in a few ops over the whole epoch instead of several small ops per step
+    logits = torch.empty((n, data.n_outputs), dtype=x.dtype, device=x.device)
+    batches = zip(
+        order.split(batch_size), y_shuffled.split(batch_size), logits.split(batch_size), strict=True
+    )
+    backprop = ManualBackprop(model, data.task) if manual_backward else None
+    for idx, yb, logits_b in batches:
+        xb = torch.index_select(x, 0, idx, out=x_buffer[: idx.numel()])
         if augment is not None:
             xb = augment(xb, generator)
-        if manual_backward:
-            loss, logits = manual_loss_and_grads(model, xb, yb, data.task)
+        if backprop is not None:
+            backprop(xb, yb, logits_b)
         else:
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
+            out = model(xb)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_fn(out, yb).backward()
+            logits_b.copy_(out.detach())
         optimizer.step()
-        losses.append(loss.detach())
-        if data.task != "regression":
-            decisions.append(hard_decisions(logits.detach(), data.task))
-    # each step's loss is a mean over its batch; the last batch may be smaller
-    batch_sizes = torch.full((len(losses),), float(batch_size), device=x.device)
-    batch_sizes[-1] = n - batch_size * (len(losses) - 1)
-    mean_loss = (torch.stack(losses) * batch_sizes).sum().item() / n
-    if not decisions:
-        return mean_loss, math.nan
-    correct = (torch.cat(decisions) == y_shuffled).sum().item()
-    return mean_loss, correct / n
+    with torch.no_grad():
+        mean_loss = loss_fn(logits, y_shuffled).item()  # the mean of the steps' losses
+        if data.task == "regression":
+            return mean_loss, math.nan
+        return mean_loss, count_correct(logits, y_shuffled, data.task).item() / n
 
 
 @torch.inference_mode()

