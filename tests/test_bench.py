@@ -40,3 +40,26 @@ def test_bench_smoke(tmp_path):
     }
     assert all(float(r["epoch_s"]) > 0 and float(r["matmul_limit_epoch_s"]) > 0 for r in rows)
     assert "matmul rate measured" in (tmp_path / "out" / "bench.md").read_text()
+
+
+def test_trial_overhead_smoke(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "benchmarks" / "trial_overhead.py"),
+            "--trials",
+            "2",
+            "--epochs",
+            "8",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "trial_overhead.md").read_text()
+    assert "**fixed cost per trial" in report
+    for label in ("every epoch", "every 2 epochs", "every 4 epochs"):
+        assert f"| {label} |" in report

@@ -288,7 +288,7 @@ def test_two_workers_share_one_storage_and_finish_exactly_the_budget(
             "sweep.n_trials=6",
             "sweep.workers=2",
             f"sweep.study_name={study_name}",
-            "trainer.epochs=100",
+            "trainer.epochs=600",  # about 1 s per trial
             "data.n_train=1000",
             f"sweep.storage={storage}",
         ),

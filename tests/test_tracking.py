@@ -150,3 +150,34 @@ def test_image_dataset_run_logs_the_mnist_pictures(make_config, mlflow_uri, tmp_
     assert result.metrics["test/predict_us_per_sample"] == pytest.approx(
         metrics["test/predict_us_per_sample"]
     )
+
+
+def test_every_nth_epoch_is_logged_and_always_the_last(make_config, mlflow_uri):
+    class StopAfter(Callback):
+        def on_epoch_end(self, epoch, metrics):
+            if epoch == 5:
+                raise RuntimeError("stopped at epoch 5")
+
+    client = MlflowClient(mlflow_uri)
+    every_3 = ("tracking.log_every_n_epochs=3", "tracking.log_plots=false")
+    result, run_id = train_and_track(make_config("trainer.epochs=7", *every_3))
+    history = client.get_metric_history(run_id, "val/acc")
+    assert [m.step for m in history] == [3, 6, 7]
+    assert [m.value for m in history] == [result.history[i - 1]["val/acc"] for i in (3, 6, 7)]
+    with pytest.raises(RuntimeError, match="epoch 5"):
+        train_and_track(
+            make_config("trainer.epochs=7", "tracking.run_name=stops", *every_3),
+            callbacks=(StopAfter(),),
+        )
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("sweeplab").experiment_id],
+        "attributes.run_name = 'stops'",
+    )
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [3, 5]
+
+
+def test_log_every_n_epochs_must_be_positive(make_config):
+    from sweeplab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="tracking.log_every_n_epochs=0"):
+        make_config("tracking.log_every_n_epochs=0")

@@ -456,7 +456,7 @@ def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(composed: DictConfig) -> None:
-    from sweeplab.train import raise_keyboard_interrupt_on_sigterm
+    from sweeplab.train import freeze_long_lived_objects, raise_keyboard_interrupt_on_sigterm
 
     runtime = HydraConfig.get()
     overrides = list(runtime.overrides.task)
@@ -467,6 +467,7 @@ def _hydra_main(composed: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     raise_keyboard_interrupt_on_sigterm()
+    freeze_long_lived_objects()
     try:
         summary = run_sweep(plan, argv=sys.argv[1:])
     except ConfigError as err:

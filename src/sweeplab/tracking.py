@@ -145,15 +145,20 @@ def default_run_name(cfg: Config) -> str:
 class MlflowRun(Callback):
     """One MLflow run: a training callback that logs each epoch's metrics (step = epoch).
 
-    Metrics are buffered and written at most once a second (one batched call), so logging stays
-    a small fraction of training even for epochs of a few milliseconds; `end` flushes them.
+    Metrics are buffered and written at most once a second (one batched call); `end` flushes
+    them. With `every` > 1 only every Nth epoch's metrics are logged, and the last epoch's
+    whenever the run ends (finished, pruned or failed).
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = 1.0) -> None:
+    def __init__(
+        self, client: MlflowClient, run_id: str, every: int = 1, flush_every_s: float = 1.0
+    ) -> None:
         self.client = client
         self.run_id = run_id
+        self.every = every
         self.flush_every_s = flush_every_s
         self._pending: list = []
+        self._unlogged: tuple[int, dict[str, float]] | None = None  # a skipped last epoch
         self._last_flush = time.monotonic()
 
     @classmethod
@@ -176,7 +181,7 @@ class MlflowRun(Callback):
         created = client.create_run(
             experiment_id, tags=all_tags, run_name=cfg.tracking.run_name or default_run_name(cfg)
         )
-        run = cls(client, created.info.run_id)
+        run = cls(client, created.info.run_id, every=cfg.tracking.log_every_n_epochs)
         params = [
             Param(key, str(value)[:6000])
             for key, value in to_flat_dict(cfg).items()
@@ -188,6 +193,10 @@ class MlflowRun(Callback):
         return run
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch % self.every:
+            self._unlogged = (epoch, metrics)
+            return
+        self._unlogged = None
         self.log_metrics(metrics, step=epoch)
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
@@ -199,6 +208,10 @@ class MlflowRun(Callback):
         self._pending.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
 
     def flush(self) -> None:
+        if self._unlogged is not None:  # the run's last epoch so far: always kept
+            epoch, metrics = self._unlogged
+            self._unlogged = None
+            self.log_metrics(metrics, step=epoch)
         for i in range(0, len(self._pending), 1000):  # MLflow's metrics-per-batch limit
             self.client.log_batch(self.run_id, metrics=self._pending[i : i + 1000])
         self._pending = []

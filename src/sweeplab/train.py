@@ -68,6 +68,21 @@ def raise_keyboard_interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def freeze_long_lived_objects() -> None:
+    """Import the heavy libraries a run uses, then `gc.freeze()` everything alive: the ~0.5 M
+    objects of torch, MLflow, SQLAlchemy, Hydra and Optuna are then skipped by the garbage
+    collector's full collections, which MLflow's metric writes set off (they were 30 % of the
+    writing time). For processes that run one job, i.e. the command-line entry points."""
+    import gc
+
+    import mlflow.tracking  # noqa: F401 - imported to be frozen
+    import torch._dynamo  # noqa: F401 - torch.optim imports it when it makes the first optimizer
+
+    from sweeplab import tracking, trainer  # noqa: F401
+
+    gc.freeze()
+
+
 def summary(cfg: Config, result: TrainResult, run_id: str) -> str:
     from sweeplab.tracking import store_uri
 
@@ -91,6 +106,7 @@ def _hydra_main(composed: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     raise_keyboard_interrupt_on_sigterm()
+    freeze_long_lived_objects()
     from sweeplab.trainer import DivergenceError
 
     try:
