@@ -11,7 +11,7 @@ PORT ?= 5000
 EXP ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep data bench report experiments test test-fast lint format ui clean
+.PHONY: help install train sweep data bench bench-sweeps report experiments test test-fast lint format ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,3 +62,8 @@ clean: ## delete generated output (MLflow store, studies, Hydra runs); keeps .ve
 
 bench: install ## training speed: the seed's PyTorch recipe vs sweeplab (report in outputs/bench/)
 	$(PY) benchmarks/bench.py --profile --out $(OUT)/bench $(ARGS)
+
+bench-sweeps: install ## per-trial cost, logging share, 1 vs 2 workers, pruning savings (~20 min)
+	$(PY) benchmarks/trial_overhead.py --out $(OUT)/bench
+	$(PY) benchmarks/parallel_throughput.py --out $(OUT)/bench
+	$(PY) benchmarks/pruning_savings.py --out $(OUT)/bench

@@ -1,6 +1,6 @@
 """Sweep throughput with 1 and with N worker processes on this machine (trials per minute).
 
-    python benchmarks/parallel_throughput.py [--trials 24] [--workers 2] [--out outputs/bench]
+    python benchmarks/parallel_throughput.py [--trials 48] [--epochs 120] [--workers 2] [--out outputs/bench]
 
 Runs the shipped synthetic sweep twice as a user would (`python -m sweeplab.sweep`), in fresh
 output folders, with the trial cost held constant (fixed width and batch size, no pruning) so that
@@ -43,9 +43,9 @@ def run(workers: int, trials: int, epochs: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--trials", type=int, default=48)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=120)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     one = run(1, args.trials, args.epochs)

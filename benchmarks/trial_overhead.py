@@ -1,6 +1,7 @@
 """Per-trial fixed cost of a sweep and the share of MLflow logging in training time.
 
     python benchmarks/trial_overhead.py [--trials 12] [--out outputs/bench]
+    python benchmarks/trial_overhead.py --experiment seed_mnist --epochs 20   # MNIST epochs
 
 1. Fixed cost: a synthetic sweep of one-epoch trials in this process (imports, the MLflow store
    and torch.optim's first-use import of torch._dynamo are done before the clock starts, as the
@@ -45,6 +46,7 @@ def timed(owner: object, name: str, label: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--experiment", default="seed_synthetic", help="the logging-share run")
     parser.add_argument("--epochs", type=int, default=2000, help="epochs of the logging-share run")
     parser.add_argument("--out", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the scratch MLflow store")
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             compose(
                 "config",
                 [
-                    "experiment=seed_synthetic",
+                    f"experiment={args.experiment}",
                     f"trainer.epochs={args.epochs}",
                     "trainer.progress=false",
                 ],
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     plain = trainer.run(cfg)
     base = time.perf_counter() - started
     epochs = sum(h["time/epoch_s"] for h in plain.history)
-    lines += ["", f"# MLflow logging share: seed synthetic demo, {args.epochs} epochs", ""]
+    lines += ["", f"# MLflow logging share: experiment={args.experiment}, {args.epochs} epochs", ""]
     lines.append(
         f"trainer.run alone: {base:.3f} s, of which training epochs {epochs:.3f} s "
         f"({epochs / args.epochs * 1e3:.2f} ms each)"

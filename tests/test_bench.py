@@ -63,3 +63,26 @@ def test_trial_overhead_smoke(tmp_path):
     assert "**fixed cost per trial" in report
     for label in ("every epoch", "every 2 epochs", "every 4 epochs"):
         assert f"| {label} |" in report
+
+
+def test_pruning_savings_smoke(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "benchmarks" / "pruning_savings.py"),
+            "--sweep",
+            "synthetic",
+            "--trials",
+            "3",
+            "--epochs",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "pruning.md").read_text()
+    assert "| shipped | 3 |" in report and "| none | 3 | 0 | 6 |" in report
