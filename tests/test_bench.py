@@ -12,23 +12,23 @@ from sweeplab.config import PROJECT_ROOT
 from .test_mnist import tiny_arrays, write_idx_set
 
 
-def test_bench_smoke(tmp_path):
-    write_idx_set(tmp_path / "digits", tiny_arrays(n_train=300, n_test=50))
+def run_benchmark(script, *args):
+    """`python benchmarks/<script> ARGS` as a subprocess; its result, checked to exit 0."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(PROJECT_ROOT / "benchmarks" / "bench.py"),
-            "--tiny",
-            "--idx-root",
-            str(tmp_path / "digits"),
-            "--out",
-            str(tmp_path / "out"),
-        ],
+        [sys.executable, str(PROJECT_ROOT / "benchmarks" / script), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_bench_smoke(tmp_path):
+    write_idx_set(tmp_path / "digits", tiny_arrays(n_train=300, n_test=50))
+    done = run_benchmark(
+        "bench.py", "--tiny", "--idx-root", tmp_path / "digits", "--out", tmp_path / "out"
+    )
     assert "| case | method | s/epoch | vs seed |" in done.stdout
     with (tmp_path / "out" / "bench.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -43,22 +43,7 @@ def test_bench_smoke(tmp_path):
 
 
 def test_trial_overhead_smoke(tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(PROJECT_ROOT / "benchmarks" / "trial_overhead.py"),
-            "--trials",
-            "2",
-            "--epochs",
-            "8",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_benchmark("trial_overhead.py", "--trials", 2, "--epochs", 8, "--out", tmp_path)
     report = (tmp_path / "trial_overhead.md").read_text()
     assert "**fixed cost per trial" in report
     for label in ("every epoch", "every 2 epochs", "every 4 epochs"):
@@ -66,23 +51,7 @@ def test_trial_overhead_smoke(tmp_path):
 
 
 def test_pruning_savings_smoke(tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(PROJECT_ROOT / "benchmarks" / "pruning_savings.py"),
-            "--sweep",
-            "synthetic",
-            "--trials",
-            "3",
-            "--epochs",
-            "2",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    args = ("--sweep", "synthetic", "--trials", 3, "--epochs", 2, "--out", tmp_path)
+    run_benchmark("pruning_savings.py", *args)
     report = (tmp_path / "pruning.md").read_text()
     assert "| shipped | 3 |" in report and "| none | 3 | 0 | 6 |" in report
