@@ -106,11 +106,16 @@ class ManualBackprop:
         self.activation_backward = _ACTIVATION_BACKWARD[type(net.activation)]
         self.task = task
 
-    @torch.no_grad()
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The logits of batch (x, y) (written into `logits` if given); the gradients into .grad."""
+        if torch.is_grad_enabled():  # the trainer's loop runs under no_grad: no switch per step
+            with torch.no_grad():
+                return self._step(x, y, logits)
+        return self._step(x, y, logits)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None) -> torch.Tensor:
         w_h, b_h, w_o, b_o = self.params
         grad_w_h, grad_b_h, grad_w_o, grad_b_o = self.grads
         # forward: Z_H = X W_H^T + b_H, A_H = h(Z_H), Z_O = A_H W_O^T + b_O

@@ -92,18 +92,20 @@ def train_one_epoch(
         order.split(batch_size), y_shuffled.split(batch_size), logits.split(batch_size), strict=True
     )
     backprop = ManualBackprop(model, data.task) if manual_backward else None
-    for idx, yb, logits_b in batches:
-        xb = torch.index_select(x, 0, idx, out=x_buffer[: idx.numel()])
-        if augment is not None:
-            xb = augment(xb, generator)
-        if backprop is not None:
-            backprop(xb, yb, logits_b)
-        else:
-            out = model(xb)
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(out, yb).backward()
-            logits_b.copy_(out.detach())
-        optimizer.step()
+    # the hand-derived gradients need no autograd recording: switched off once for the epoch
+    with torch.set_grad_enabled(backprop is None):
+        for idx, yb, logits_b in batches:
+            xb = torch.index_select(x, 0, idx, out=x_buffer[: idx.numel()])
+            if augment is not None:
+                xb = augment(xb, generator)
+            if backprop is not None:
+                backprop(xb, yb, logits_b)
+            else:
+                out = model(xb)
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(out, yb).backward()
+                logits_b.copy_(out.detach())
+            optimizer.step()
     with torch.no_grad():
         mean_loss = loss_fn(logits, y_shuffled).item()  # the mean of the steps' losses
         if data.task == "regression":
