@@ -45,6 +45,7 @@ def test_manual_gradients_equal_autograd(activation, task, dtype):
     logits = ManualBackprop(net, task)(x, y, out)
     tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
     assert logits.data_ptr() == out.data_ptr()  # written where the trainer asked
+    assert not logits.requires_grad  # no autograd graph recorded, even with grad mode on
     torch.testing.assert_close(logits, net(x).detach(), **tol)
     for name, p in net.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], **tol, msg=f"d loss / d {name}")
