@@ -8,7 +8,7 @@ For each case, in one process: the seed recipe exactly as the slides write it (T
 DataLoader with shuffle, default torch.optim.Adam, the loss criterion, `loss.item()` per batch),
 then sweeplab's `trainer.run` with the same hyperparameters, with its hand-derived gradients
 (`trainer.backward=manual`, the default) and with autograd. After a warm-up the three take turns
-for three rounds; each reports its fastest round. It prints and writes (markdown + CSV):
+for eight rounds; each reports its fastest round. It prints and writes (markdown + CSV):
 seconds per epoch (median over the epochs after the first), the ratio to the seed recipe, test
 accuracy after the same epochs, and the time per epoch that the matrix products alone would take
 at the matmul rate measured here, with the ratio to it. `--profile` adds where a step's time goes.
@@ -205,8 +205,8 @@ def load(case: Case, idx_root: str | None) -> tuple[object, list[str]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5, help="epochs per method and case")
-    parser.add_argument("--rounds", type=int, default=3, help="turns each method takes")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per method, case and round")
+    parser.add_argument("--rounds", type=int, default=8, help="turns each method takes")
     parser.add_argument("--tiny", action="store_true", help="2 epochs, 1 round (the smoke test)")
     parser.add_argument("--idx-root", default=None, help="an IDX dataset folder to use for MNIST")
     parser.add_argument("--profile", action="store_true", help="profile sweeplab's step")
@@ -224,8 +224,9 @@ def main(argv: list[str] | None = None) -> None:
         data, overrides = load(case, args.idx_root)
         # round 1 warms the process up (first-touch of the arrays, allocator, thread pool: the
         # first method run in a process measured up to 1.8x slower). Then the methods take turns
-        # for `--rounds` rounds, and each keeps its fastest round: on a shared machine other
-        # load only ever adds time, and taking turns exposes every method to it alike.
+        # for `--rounds` short rounds, and each keeps its fastest round: on a shared machine
+        # other load only ever adds time (this project's VMs were measured to run 2x slower for
+        # seconds to minutes at a time), and short turns expose every method to it alike.
         seed_recipe(case, data)
         rounds = [
             [
