@@ -89,7 +89,7 @@ def seed_recipe(case: Case, data: object, seed: int = 0) -> Row:
             guess = out.round() if binary else out.argmax(1)
             error += torch.sum(guess != y_batch)  # a tensor, as the slides count it
             total += len(y_batch)
-        _train_acc = 1 - float(error) / total
+        _train_acc = 1 - float(error) / total  # the slides' per-epoch accuracy (one sync)
         times.append(time.perf_counter() - started)
     with torch.no_grad():
         out = model(data.x_test)

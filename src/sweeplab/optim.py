@@ -73,8 +73,8 @@ class LeanAdam(torch.optim.Adam):
         torch's step. Remade when the state or the groups change (first step, load_state_dict,
         add_param_group), so that a step only looks at what changes every step; the kernel
         options (fused, amsgrad, ...) are fixed when the optimizer is made."""
-        # the objects themselves, not their ids: a new state dict may reuse a freed one's id
         cached = getattr(self, "_lean_cache", None)
+        # compared by identity, and the cache holds them: a freed dict's id could come back
         if (
             cached is not None
             and cached[0] is self.state
