@@ -419,7 +419,7 @@ def test_interrupted_sweep_ends_runs_killed_and_resumes(signum, mlflow_uri, _iso
         mlflow_uri,
         "sweep.n_trials=3",
         f"sweep.study_name={study_name}",
-        "trainer.epochs=300",
+        "trainer.epochs=1500",  # trials of seconds: the signal lands inside one
         "data.n_train=400",
     )
     env = {**os.environ, "SWEEPLAB_OUTPUT": str(_isolated_output)}

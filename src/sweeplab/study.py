@@ -49,7 +49,6 @@ def redact(storage: str) -> str:
 
 def make_storage(storage: str) -> Any:
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-    from optuna.storages.journal import JournalFileBackend
 
     if is_rdb(storage):
         with quiet_experimental():
@@ -66,7 +65,23 @@ def make_storage(storage: str) -> Any:
             pass
     except OSError as err:
         raise ConfigError(f"sweep.storage={storage!r}: cannot write there ({err})") from None
-    return JournalStorage(JournalFileBackend(str(path)))
+    return JournalStorage(_journal_backend(str(path)))
+
+
+def _journal_backend(path: str) -> Any:
+    """Optuna's journal file, each append done whole before Ctrl-C/SIGTERM is raised: an
+    interrupt inside its lock's release turned into a FileNotFoundError (a failed trial, and
+    the sweep went on) instead of stopping the sweep."""
+    from optuna.storages.journal import JournalFileBackend
+
+    from sweeplab.train import interrupts_deferred
+
+    class InterruptSafeJournalFileBackend(JournalFileBackend):
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            with interrupts_deferred():
+                super().append_logs(logs)
+
+    return InterruptSafeJournalFileBackend(path)
 
 
 class BudgetLock:

@@ -456,7 +456,7 @@ def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(composed: DictConfig) -> None:
-    from sweeplab.train import freeze_long_lived_objects, raise_keyboard_interrupt_on_sigterm
+    from sweeplab.train import freeze_long_lived_objects, raise_keyboard_interrupt_on_signals
 
     runtime = HydraConfig.get()
     overrides = list(runtime.overrides.task)
@@ -466,7 +466,7 @@ def _hydra_main(composed: DictConfig) -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    raise_keyboard_interrupt_on_sigterm()
+    raise_keyboard_interrupt_on_signals()
     freeze_long_lived_objects()
     try:
         summary = run_sweep(plan, argv=sys.argv[1:])

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import hydra
@@ -59,13 +60,42 @@ def train_and_track(
     return result, run.run_id
 
 
-def raise_keyboard_interrupt_on_sigterm() -> None:
-    """Let SIGTERM unwind like Ctrl-C, so runs end KILLED and storages stay consistent."""
+class _Interrupts:
+    """What the signal handler needs to know: inside how many `interrupts_deferred` blocks we
+    are, and the signal that arrived meanwhile."""
+
+    depth = 0
+    pending: int | None = None
+
+
+def raise_keyboard_interrupt_on_signals() -> None:
+    """Let SIGTERM unwind like Ctrl-C, so runs end KILLED and storages stay consistent; both wait
+    for the end of an `interrupts_deferred` block. (SIGINT keeps being ignored where the process
+    was started with it ignored, as background jobs are.)"""
 
     def handler(signum: int, frame: object) -> None:
+        if _Interrupts.depth:
+            _Interrupts.pending = signum
+            return
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, handler)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """A block that Ctrl-C/SIGTERM must not cut in half (a write to a study's journal file under
+    its lock): the interrupt is raised when the block ends."""
+    _Interrupts.depth += 1
+    try:
+        yield
+    finally:
+        _Interrupts.depth -= 1
+        if not _Interrupts.depth and _Interrupts.pending is not None:
+            signum, _Interrupts.pending = _Interrupts.pending, None
+            raise KeyboardInterrupt(f"signal {signum}")
 
 
 def freeze_long_lived_objects() -> None:
@@ -105,7 +135,7 @@ def _hydra_main(composed: DictConfig) -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    raise_keyboard_interrupt_on_sigterm()
+    raise_keyboard_interrupt_on_signals()
     freeze_long_lived_objects()
     from sweeplab.trainer import DivergenceError
 
