@@ -384,7 +384,8 @@ def test_killed_sweep_resumes_failing_and_retrying_the_orphan(
             if (
                 study.get_trials(states=(TrialState.COMPLETE,))
                 and running
-                and running[0].intermediate_values
+                # early in the trial: it cannot finish before the kill lands
+                and 0 < len(running[0].intermediate_values) < 200
                 and "mlflow_run_id" in running[0].user_attrs
             ):
                 break
@@ -419,7 +420,7 @@ def test_interrupted_sweep_ends_runs_killed_and_resumes(signum, mlflow_uri, _iso
         mlflow_uri,
         "sweep.n_trials=3",
         f"sweep.study_name={study_name}",
-        "trainer.epochs=1500",  # trials of seconds: the signal lands inside one
+        "trainer.epochs=300",
         "data.n_train=400",
     )
     env = {**os.environ, "SWEEPLAB_OUTPUT": str(_isolated_output)}
@@ -442,7 +443,8 @@ def test_interrupted_sweep_ends_runs_killed_and_resumes(signum, mlflow_uri, _iso
             running = study.get_trials(states=(TrialState.RUNNING,))
             if (
                 running
-                and running[0].intermediate_values
+                # early in the trial: it cannot finish before the signal lands
+                and 0 < len(running[0].intermediate_values) < 150
                 and "mlflow_run_id" in running[0].user_attrs
             ):
                 break
