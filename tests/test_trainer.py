@@ -113,6 +113,21 @@ def test_device_auto_is_cpu_without_cuda():
         trainer.resolve_device("cuda")
 
 
+def test_threads_one_for_a_small_step_else_all_available_unless_set(make_config):
+    small = make_config("model.d_hidden=4", "trainer.batch_size=50")  # 50 x 4 values
+    big = make_config("model.d_hidden=256", "trainer.batch_size=100")  # 100 x 256 >= 16384
+    assert trainer.auto_threads(small, available=8) == 1
+    assert trainer.auto_threads(big, available=8) == 8
+    try:
+        trainer.run(small)
+        assert torch.get_num_threads() == 1
+        small.trainer.num_threads = 2
+        trainer.run(small)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(trainer.torch_default_threads())
+
+
 def test_cosine_schedule_with_warmup_sets_each_epochs_lr(make_config):
     cfg = make_config("trainer.epochs=8", "trainer.lr_schedule=cosine", "trainer.warmup_epochs=2")
     lrs = [h["train/lr"] for h in trainer.run(cfg).history]

@@ -203,7 +203,7 @@ class TrainerConfig:
     batch_size: int = 100  # B: each epoch makes ceil(n_train / B) steps
     epochs: int = 1000
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    num_threads: int = 0  # torch CPU threads; 0 = 1 for a small step, else torch's default
     eval_batch_size: int = 8192  # evaluation runs in chunks of this size
     # auto (manual where it applies) | manual (the seed's equations) | autograd
     backward: str = "auto"

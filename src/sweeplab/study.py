@@ -262,13 +262,14 @@ class Worker:
         import optuna
 
         from sweeplab.train import train_and_track
+        from sweeplab.trainer import auto_threads
 
         self.lock.release()  # the trial exists now: other workers count it
         trial.set_user_attr("worker", worker_id())
         values = suggest(trial, self.plan.space)
         cfg = self.compose(self.plan, values)
         if cfg.trainer.num_threads == 0:
-            cfg.trainer.num_threads = self.threads
+            cfg.trainer.num_threads = auto_threads(cfg, available=self.threads)
         if cfg.tracking.run_name is None:
             cfg.tracking.run_name = f"{self.plan.study_name}-trial-{trial.number}"
         result, _ = train_and_track(

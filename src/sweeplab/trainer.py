@@ -12,6 +12,7 @@ syncs with the host (`.item()` once per epoch), evaluation runs in large chunks 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -152,11 +153,32 @@ def predict_us_per_sample(model: TwoLayerNet, x: torch.Tensor, chunk: int = 8192
     return (time.perf_counter() - started) / x.shape[0] * 1e6
 
 
+# A step whose largest tensor is smaller than this runs on one CPU thread when the thread count is
+# left to us: torch splits no elementwise op under 32768 elements, and a second thread measured no
+# faster on such steps (synthetic d_H 4-256, B 32-100) while it slows down whatever else runs on
+# the machine, e.g. the metric writer. MNIST with B >= 21 is above it (2 threads: 7-26 % faster).
+SMALL_STEP_ELEMENTS = 16384
+
+
+@functools.cache
+def torch_default_threads() -> int:
+    """torch's own choice of CPU threads (one per physical core), read before we first change it."""
+    return torch.get_num_threads()
+
+
+def auto_threads(cfg: Config, available: int) -> int:
+    """The CPU threads for `cfg` when `trainer.num_threads` is 0: 1 for a small step, else
+    `available`."""
+    data = load_dataset(cfg.data)  # cached per process: the same arrays the run trains on
+    widest = max(data.n_features, cfg.model.d_hidden, data.n_outputs)
+    return 1 if cfg.trainer.batch_size * widest < SMALL_STEP_ELEMENTS else available
+
+
 def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
     """Train the network `cfg` describes; callbacks see every epoch. Returns the final metrics."""
     # --- setup
-    if cfg.trainer.num_threads > 0:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    threads = cfg.trainer.num_threads or auto_threads(cfg, torch_default_threads())
+    torch.set_num_threads(threads)
     device = resolve_device(cfg.trainer.device)
     data = load_dataset(cfg.data).to(device)
     torch.manual_seed(cfg.seed)
