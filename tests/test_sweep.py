@@ -459,6 +459,9 @@ def test_interrupted_sweep_ends_runs_killed_and_resumes(signum, mlflow_uri, _iso
     [stopped] = study.get_trials(states=(TrialState.FAIL,))
     client = MlflowClient(mlflow_uri)
     assert client.get_run(stopped.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    # every epoch it reported to Optuna is in MLflow too (the metric writer had them in hand)
+    logged = client.get_metric_history(stopped.user_attrs["mlflow_run_id"], "val/acc")
+    assert set(stopped.intermediate_values) <= {m.step for m in logged}
     parent = study.user_attrs["mlflow_parent_run_id"]
     assert client.get_run(parent).info.status == "KILLED"
 

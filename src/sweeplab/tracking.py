@@ -16,6 +16,7 @@ import functools
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -25,11 +26,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sweeplab.config import PROJECT_ROOT, Config, TrackingConfig, output_dir, to_flat_dict, to_yaml
+from sweeplab.metric_writer import MAX_METRICS
 from sweeplab.trainer import Callback, TrainResult
 
 if TYPE_CHECKING:
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
+    from sweeplab.metric_writer import MetricWriter
+
+HAND_OVER_EVERY_S = 0.25  # how often a run hands its metrics to the metric writer
+WRITE_EVERY_S = 1.0  # or writes them itself (4 ms per call on SQLite, plus ~65 us a value)
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 MAX_BATCH = 100  # MLflow's limit of params or tags per log_batch call
 
@@ -145,21 +152,31 @@ def default_run_name(cfg: Config) -> str:
 class MlflowRun(Callback):
     """One MLflow run: a training callback that logs each epoch's metrics (step = epoch).
 
-    Metrics are buffered and written at most once a second (one batched call); `end` flushes
-    them. With `every` > 1 only every Nth epoch's metrics are logged, and the last epoch's
-    whenever the run ends (finished, pruned or failed).
+    Metrics are buffered and handed over in batches: with `background`, four times a second to
+    this process's metric writer (`sweeplab.metric_writer`, a helper process), else written here
+    once a second. `flush` puts every metric so far in the store; ending the run does it. With
+    `every` > 1 only every Nth epoch's metrics are logged, and the last epoch's whenever the run
+    ends (finished, pruned or failed).
     """
 
     def __init__(
-        self, client: MlflowClient, run_id: str, every: int = 1, flush_every_s: float = 1.0
+        self,
+        client: MlflowClient,
+        run_id: str,
+        every: int = 1,
+        uri: str | None = None,
+        background: bool = False,
     ) -> None:
         self.client = client
         self.run_id = run_id
         self.every = every
-        self.flush_every_s = flush_every_s
-        self._pending: list = []
+        self.uri = uri
+        self.background = background and uri is not None
+        self.hand_over_every_s = HAND_OVER_EVERY_S if self.background else WRITE_EVERY_S
+        self._writer: MetricWriter | None = None  # once this run has handed metrics to it
+        self._pending: list[Metric] = []
         self._unlogged: tuple[int, dict[str, float]] | None = None  # a skipped last epoch
-        self._last_flush = time.monotonic()
+        self._last_hand_over = time.monotonic()
 
     @classmethod
     def start(
@@ -181,7 +198,13 @@ class MlflowRun(Callback):
         created = client.create_run(
             experiment_id, tags=all_tags, run_name=cfg.tracking.run_name or default_run_name(cfg)
         )
-        run = cls(client, created.info.run_id, every=cfg.tracking.log_every_n_epochs)
+        run = cls(
+            client,
+            created.info.run_id,
+            every=cfg.tracking.log_every_n_epochs,
+            uri=store_uri(cfg.tracking),
+            background=cfg.tracking.background_metrics,
+        )
         params = [
             Param(key, str(value)[:6000])
             for key, value in to_flat_dict(cfg).items()
@@ -198,8 +221,8 @@ class MlflowRun(Callback):
             return
         self._unlogged = None
         self.log_metrics(metrics, step=epoch)
-        if time.monotonic() - self._last_flush >= self.flush_every_s:
-            self.flush()
+        if time.monotonic() - self._last_hand_over >= self.hand_over_every_s:
+            self._hand_over()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -207,15 +230,38 @@ class MlflowRun(Callback):
         now = int(time.time() * 1000)
         self._pending.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
 
+    def _hand_over(self) -> None:
+        """The metrics buffered so far to the metric writer, or into the store from here."""
+        if self.background and self._writer is None:
+            from sweeplab.metric_writer import shared_writer
+
+            try:
+                self._writer = shared_writer()
+            except OSError as err:
+                print(f"sweeplab: no metric writer ({err}); writing metrics here", file=sys.stderr)
+                self.background = False
+        pending, self._pending = self._pending, []
+        self._last_hand_over = time.monotonic()
+        if self._writer is not None:
+            self._writer.send(self.uri, self.run_id, pending, fallback=self._write)
+        else:
+            self._write(pending)
+
+    def _write(self, metrics: list[Metric]) -> None:
+        for i in range(0, len(metrics), MAX_METRICS):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_METRICS])
+
     def flush(self) -> None:
+        """Every metric logged so far into the store."""
         if self._unlogged is not None:  # the run's last epoch so far: always kept
             epoch, metrics = self._unlogged
             self._unlogged = None
             self.log_metrics(metrics, step=epoch)
-        for i in range(0, len(self._pending), 1000):  # MLflow's metrics-per-batch limit
-            self.client.log_batch(self.run_id, metrics=self._pending[i : i + 1000])
-        self._pending = []
-        self._last_flush = time.monotonic()
+        if self._writer is not None:
+            self._writer.sync()
+        pending, self._pending = self._pending, []
+        self._last_hand_over = time.monotonic()
+        self._write(pending)
 
     def log_result(self, result: TrainResult, cfg: Config) -> None:
         """Final test metrics, then the plots and the trained weights as artifacts."""
