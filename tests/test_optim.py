@@ -6,9 +6,12 @@ import copy
 
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
-from sweeplab.optim import LeanAdam, LeanAdamW
+from sweeplab.optim import LeanAdam, LeanAdamW, step_function
 
 
 def params(seed=0):
@@ -18,17 +21,19 @@ def params(seed=0):
 
 
 def run_steps(optimizer_cls, steps=6, group_options=None, drop_grad_at=None, **kwargs):
-    """Params and optimizer state after `steps` steps on fixed pseudo-random gradients."""
+    """Params and optimizer state after `steps` steps on fixed pseudo-random gradients, made
+    with the step the trainer calls (`step_function`)."""
     ps = params()
     groups = [{"params": ps[:2]}, {"params": ps[2:], **(group_options or {})}]
     optimizer = optimizer_cls(groups, fused=True, **kwargs)
+    step = step_function(optimizer)
     generator = torch.Generator().manual_seed(1)
-    for step in range(steps):
+    for i in range(steps):
         for p in ps:
             p.grad = torch.randn(p.shape, generator=generator)
-        if step == drop_grad_at:
+        if i == drop_grad_at:
             ps[3].grad = None
-        optimizer.step()
+        step()
     return ps, optimizer.state_dict()["state"]
 
 
@@ -89,6 +94,41 @@ def test_hooks_and_schedules_see_every_lean_step():
     assert seen == [optimizer] * 3
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
     assert isinstance(optimizer, torch.optim.Adam)
+
+
+@pytest.mark.parametrize("hook", ["global pre", "global post", "own pre", "own post"])
+def test_every_hook_sees_each_step_the_trainer_makes_once(hook):
+    ps = params()
+    optimizer = LeanAdam(ps, lr=0.1, fused=True)
+    seen = []
+    register = {
+        "global pre": register_optimizer_step_pre_hook,
+        "global post": register_optimizer_step_post_hook,
+        "own pre": optimizer.register_step_pre_hook,
+        "own post": optimizer.register_step_post_hook,
+    }[hook]
+    handle = register(lambda opt, args, kwargs: seen.append(opt))
+    try:
+        for _ in range(3):
+            for p in ps:
+                p.grad = torch.ones_like(p)
+            step_function(optimizer)()
+    finally:
+        handle.remove()
+    assert seen == [optimizer] * 3
+
+
+def test_a_profiler_sees_the_steps_the_trainer_makes():
+    ps = params()
+    optimizer = LeanAdam(ps, lr=0.1, fused=True)
+    step = step_function(optimizer)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        for _ in range(3):
+            for p in ps:
+                p.grad = torch.ones_like(p)
+            step()
+    labels = [event.name for event in profile.events()]
+    assert labels.count("Optimizer.step#LeanAdam.step") == 3
 
 
 def test_a_loaded_state_and_an_added_group_are_used():

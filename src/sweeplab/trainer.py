@@ -30,7 +30,7 @@ from sweeplab.model import (
     loss_for_task,
     supports_manual_backward,
 )
-from sweeplab.optim import build_optimizer, build_schedule
+from sweeplab.optim import build_optimizer, build_schedule, step_function
 
 
 class Callback:
@@ -93,6 +93,7 @@ def train_one_epoch(
         order.split(batch_size), y_shuffled.split(batch_size), logits.split(batch_size), strict=True
     )
     backprop = ManualBackprop(model, data.task) if manual_backward else None
+    optimizer_step = step_function(optimizer)
     # the hand-derived gradients need no autograd recording: switched off once for the epoch
     with torch.set_grad_enabled(backprop is None):
         for idx, yb, logits_b in batches:
@@ -106,7 +107,7 @@ def train_one_epoch(
                 optimizer.zero_grad(set_to_none=True)
                 loss_fn(out, yb).backward()
                 logits_b.copy_(out.detach())
-            optimizer.step()
+            optimizer_step()
     with torch.no_grad():
         mean_loss = loss_fn(logits, y_shuffled).item()  # the mean of the steps' losses
         if data.task == "regression":
