@@ -67,7 +67,11 @@ class SeedNet(nn.Module):
 
 
 def seed_recipe(case: Case, data: object, seed: int = 0) -> Row:
-    """Slides 35-38: binary task -> sigmoid output + BCELoss; MNIST -> logits + CrossEntropyLoss."""
+    """Slides 35-38: binary task -> sigmoid output + BCELoss; MNIST -> logits + CrossEntropyLoss.
+    On torch's default CPU threads, as the slides' code runs (sweeplab's runs set their own)."""
+    from sweeplab.trainer import torch_default_threads
+
+    torch.set_num_threads(torch_default_threads())
     torch.manual_seed(seed)
     binary = data.task == "binary"
     dataset = torch.utils.data.TensorDataset(data.x_train, data.y_train)
@@ -149,6 +153,9 @@ def matmul_limit_epoch_s(
     H x B by B x d (dW_H), K x B by B x H (dW_O) and B x K by K x H (dA_H): 2B(2dH + 3HK) flops.
     The rate is measured on the largest of these products at this case's sizes (hot caches).
     """
+    from sweeplab.trainer import torch_default_threads
+
+    torch.set_num_threads(torch_default_threads())
     b, d, h, k = case.batch_size, n_features, case.d_hidden, n_outputs
     a, w = torch.randn(b, d), torch.randn(d, h)
     for _ in range(20):
@@ -204,6 +211,9 @@ def load(case: Case, idx_root: str | None) -> tuple[object, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from sweeplab.trainer import torch_default_threads
+
+    torch_default_threads()  # read before any run changes it
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per method, case and round")
     parser.add_argument("--rounds", type=int, default=8, help="turns each method takes")
@@ -246,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\nprofile of sweeplab's step, {case.name}:\n{profile_step(case, data)}")
 
     header = (
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, {torch_default_threads()} threads by default, {platform.processor() or platform.machine()}, "
         f"python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}"
     )
     lines = [
