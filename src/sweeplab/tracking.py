@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from sweeplab.metric_writer import MetricWriter
 
-HAND_OVER_EVERY_S = 0.25  # how often a run hands its metrics to the metric writer
+HAND_OVER_EVERY_S = 0.1  # how often a run hands its metrics to the metric writer
 WRITE_EVERY_S = 1.0  # or writes them itself (4 ms per call on SQLite, plus ~65 us a value)
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 MAX_BATCH = 100  # MLflow's limit of params or tags per log_batch call
@@ -152,7 +152,7 @@ def default_run_name(cfg: Config) -> str:
 class MlflowRun(Callback):
     """One MLflow run: a training callback that logs each epoch's metrics (step = epoch).
 
-    Metrics are buffered and handed over in batches: with `background`, four times a second to
+    Metrics are buffered and handed over in batches: with `background`, ten times a second to
     this process's metric writer (`sweeplab.metric_writer`, a helper process), else written here
     once a second. `flush` puts every metric so far in the store; ending the run does it. With
     `every` > 1 only every Nth epoch's metrics are logged, and the last epoch's whenever the run
