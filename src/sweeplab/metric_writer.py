@@ -26,7 +26,6 @@ import atexit
 import contextlib
 import fcntl
 import functools
-import itertools
 import os
 import pickle
 import subprocess
@@ -70,9 +69,8 @@ class MetricWriter:
         self._waiting: list[bytes] = []  # pickled messages not sent yet
         self._in_flight = 0  # messages sent and not answered yet
         self._unconfirmed: dict[int, tuple[list[Metric], Callable[[list[Metric]], None]]] = {}
-        self._numbers = itertools.count(1)
         self.broken = False
-        self.batches = 0  # handed over so far
+        self.batches = 0  # handed over so far; a batch's number in the messages
 
     def send(
         self,
@@ -90,11 +88,10 @@ class MetricWriter:
         from sweeplab.train import interrupts_deferred
 
         with interrupts_deferred():  # a message cut in half would garble the pipe
-            number = next(self._numbers)
             self.batches += 1
-            self._unconfirmed[number] = (metrics, fallback)
+            self._unconfirmed[self.batches] = (metrics, fallback)
             rows = [(m.key, m.value, m.timestamp, m.step) for m in metrics]
-            self._waiting.append(pickle.dumps((number, uri, run_id, rows)))
+            self._waiting.append(pickle.dumps((self.batches, uri, run_id, rows)))
             self._exchange(wait_for=None)
 
     def sync(self) -> None:
@@ -136,6 +133,7 @@ class MetricWriter:
         except (OSError, EOFError) as err:  # TimeoutError is an OSError
             print(f"sweeplab: {err}; writing metrics in the training process", file=sys.stderr)
             self.broken = True
+            self._waiting = []  # still unconfirmed: written by their fallbacks
             self._process.kill()
 
     def _on_reply(self, reply: tuple) -> None:

@@ -90,9 +90,9 @@ class LeanAdam(torch.optim.Adam):
 
     def _lean_plan(self) -> list[tuple] | None:
         """Per group: (group, params, exp_avgs, exp_avg_sqs, steps, step counter), or None if a
-        group needs torch's step. Remade when the state or the groups change (first step, load_state_dict,
-        add_param_group), so that a step only looks at what changes every step; the kernel
-        options (fused, amsgrad, ...) are fixed when the optimizer is made."""
+        group needs torch's step. Remade when the state or the groups change (first step,
+        load_state_dict, add_param_group), so that a step only looks at what changes every step;
+        the kernel options (fused, amsgrad, ...) are fixed when the optimizer is made."""
         cached = getattr(self, "_lean_cache", None)
         # compared by identity, and the cache holds them: a freed dict's id could come back
         if (

@@ -240,12 +240,15 @@ class MlflowRun(Callback):
             except OSError as err:
                 print(f"sweeplab: no metric writer ({err}); writing metrics here", file=sys.stderr)
                 self.background = False
+        if self._writer is not None:
+            self._writer.send(self.uri, self.run_id, self._take_pending(), fallback=self._write)
+        else:
+            self._write(self._take_pending())
+
+    def _take_pending(self) -> list[Metric]:
         pending, self._pending = self._pending, []
         self._last_hand_over = time.monotonic()
-        if self._writer is not None:
-            self._writer.send(self.uri, self.run_id, pending, fallback=self._write)
-        else:
-            self._write(pending)
+        return pending
 
     def _write(self, metrics: list[Metric]) -> None:
         for i in range(0, len(metrics), MAX_METRICS):
@@ -259,9 +262,7 @@ class MlflowRun(Callback):
             self.log_metrics(metrics, step=epoch)
         if self._writer is not None:
             self._writer.sync()
-        pending, self._pending = self._pending, []
-        self._last_hand_over = time.monotonic()
-        self._write(pending)
+        self._write(self._take_pending())
 
     def log_result(self, result: TrainResult, cfg: Config) -> None:
         """Final test metrics, then the plots and the trained weights as artifacts."""
