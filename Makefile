@@ -21,6 +21,7 @@ install: $(VENV)/.installed ## create .venv and install sweeplab (editable) with
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	$(PY) -m sweeplab.native || echo "sweeplab: no C++ training loop here; training uses the Python loop"
 	touch $@
 
 train: install ## one training run: make train ARGS="model.d_hidden=8 optimizer=sgd"

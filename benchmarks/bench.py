@@ -7,7 +7,8 @@
 For each case, in one process: the seed recipe exactly as the slides write it (TensorDataset +
 DataLoader with shuffle, default torch.optim.Adam, the loss criterion, `loss.item()` per batch),
 then sweeplab's `trainer.run` with the same hyperparameters, with its hand-derived gradients
-(`trainer.backward=manual`, the default) and with autograd. After a warm-up the three take turns
+(`trainer.backward=manual`, the default; its steps in the C++ loop of `sweeplab.native`, the
+default, and in the Python loop) and with autograd. After a warm-up the four take turns
 for eight rounds; each reports its fastest round. It prints and writes (markdown + CSV):
 seconds per epoch (median over the epochs after the first), the ratio to the seed recipe, test
 accuracy after the same epochs, and the time per epoch that the matrix products alone would take
@@ -105,7 +106,7 @@ def seed_recipe(case: Case, data: object, seed: int = 0) -> Row:
 # --- sweeplab ----------------------------------------------------------------------------------
 
 
-def sweeplab_run(case: Case, backward: str, data_overrides: list[str]) -> Row:
+def sweeplab_run(case: Case, backward: str, data_overrides: list[str], native: bool = True) -> Row:
     from hydra import compose, initialize_config_dir
 
     from sweeplab import trainer
@@ -121,6 +122,7 @@ def sweeplab_run(case: Case, backward: str, data_overrides: list[str]) -> Row:
         f"trainer.batch_size={case.batch_size}",
         f"trainer.epochs={case.epochs}",
         f"trainer.backward={backward}",
+        f"trainer.native={str(native).lower()}",
         "trainer.progress=false",
     ]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -130,7 +132,7 @@ def sweeplab_run(case: Case, backward: str, data_overrides: list[str]) -> Row:
     steps = -(-result.dataset.x_train.shape[0] // case.batch_size)
     return Row(
         case.name,
-        f"sweeplab ({backward})",
+        f"sweeplab ({backward}{'' if native or backward != 'manual' else ', Python loop'})",
         _median_after_first(times),
         result.metrics["test/acc"],
         steps,
@@ -242,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
             [
                 seed_recipe(case, data),
                 sweeplab_run(case, "manual", overrides),
+                sweeplab_run(case, "manual", overrides, native=False),
                 sweeplab_run(case, "autograd", overrides),
             ]
             for _round in range(1 if args.tiny else args.rounds)
@@ -253,7 +256,10 @@ def main(argv: list[str] | None = None) -> None:
             case, data.n_features, data.n_outputs, data.x_train.shape[0]
         )
         if args.profile and case.data == "mnist" and case.d_hidden == 100:
-            print(f"\nprofile of sweeplab's step, {case.name}:\n{profile_step(case, data)}")
+            profile = profile_step(case, data)
+            print(
+                f"\nprofile of sweeplab's step (Python loop, same calls), {case.name}:\n{profile}"
+            )
 
     header = (
         f"torch {torch.__version__}, {torch_default_threads()} threads by default, {platform.processor() or platform.machine()}, "

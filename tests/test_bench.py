@@ -32,10 +32,11 @@ def test_bench_smoke(tmp_path):
     assert "| case | method | s/epoch | vs seed |" in done.stdout
     with (tmp_path / "out" / "bench.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 9  # 3 cases x (seed recipe, sweeplab manual, sweeplab autograd)
+    assert len(rows) == 12  # 3 cases x (seed recipe, sweeplab manual C++/Python loop, autograd)
     assert {r["method"] for r in rows} == {
         "seed recipe",
         "sweeplab (manual)",
+        "sweeplab (manual, Python loop)",
         "sweeplab (autograd)",
     }
     assert all(float(r["epoch_s"]) > 0 and float(r["matmul_limit_epoch_s"]) > 0 for r in rows)

@@ -207,6 +207,8 @@ class TrainerConfig:
     eval_batch_size: int = 8192  # evaluation runs in chunks of this size
     # auto (manual where it applies) | manual (the seed's equations) | autograd
     backward: str = "auto"
+    # hand-derived gradients + Adam/AdamW on the CPU: the steps run in a C++ loop (sweeplab.native)
+    native: bool = True
     lr_schedule: str = (
         "none"  # none | cosine (to 0 over the epochs) | step (x gamma every step_size)
     )

@@ -102,6 +102,7 @@ class ManualBackprop:
             if p.grad is None or p.grad.shape != p.shape or not p.grad.is_contiguous():
                 p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
         self.grads = tuple(p.grad for p in self.params)
+        self.activation_name = next(k for k, v in ACTIVATIONS.items() if v is type(net.activation))
         self.activation = _ACTIVATION_FNS[type(net.activation)]
         self.activation_backward = _ACTIVATION_BACKWARD[type(net.activation)]
         self.task = task

@@ -21,11 +21,31 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import NamedTuple
 
 import torch
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from sweeplab.config import OptimizerConfig, TrainerConfig
+
+
+class FusedStep(NamedTuple):
+    """The fused kernel's arguments for one step of a single parameter group, in the order of
+    native_loop.cpp's `train_steps`."""
+
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    exp_avgs: list[torch.Tensor]
+    exp_avg_sqs: list[torch.Tensor]
+    steps: list[torch.Tensor]
+    counter: torch.Tensor  # every parameter's step count; `steps` are views of it
+    lr: float
+    beta1: float
+    beta2: float
+    weight_decay: float
+    eps: float
+    maximize: bool
+    decoupled_weight_decay: bool
 
 
 class LeanAdam(torch.optim.Adam):
@@ -43,15 +63,48 @@ class LeanAdam(torch.optim.Adam):
         step for a profiler and looks up step hooks, ~30 us a step (measured at d_H=100, a
         tenth of the step). With a hook registered, a profiler running or a case the fused call
         does not cover, this is `step()` itself."""
-        if (
+        if self._step_wrapper_needed() or not self._lean_step():
+            self.step()
+
+    def fused_step_arguments(self) -> FusedStep | None:
+        """What one step's kernel call takes, for a loop that makes the steps itself
+        (sweeplab.native), or None where steps must go through `step_unhooked`: a hook or a
+        profiler to serve, no state yet (first step), several groups, an unusual case."""
+        if self._step_wrapper_needed():
+            return None
+        plan = self._lean_plan()
+        if plan is None or len(plan) != 1:
+            return None
+        group, params, exp_avgs, exp_avg_sqs, steps, counter = plan[0]
+        grads = [p.grad for p in params]
+        if any(g is None or g.is_sparse for g in grads) or isinstance(group["lr"], torch.Tensor):
+            return None
+        beta1, beta2 = group["betas"]
+        return FusedStep(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            steps,
+            counter,
+            group["lr"],
+            beta1,
+            beta2,
+            group["weight_decay"],
+            group["eps"],
+            group["maximize"],
+            group["decoupled_weight_decay"],
+        )
+
+    def _step_wrapper_needed(self) -> bool:
+        """A step hook is registered or a profiler runs: steps must go through `step`."""
+        return bool(
             self._optimizer_step_pre_hooks
             or self._optimizer_step_post_hooks
             or _global_optimizer_pre_hooks
             or _global_optimizer_post_hooks
             or torch.autograd._profiler_enabled()
-            or not self._lean_step()
-        ):
-            self.step()
+        )
 
     def _lean_step(self) -> bool:
         """One fused-kernel call per parameter group; False (nothing done) if a case is unusual."""

@@ -8,6 +8,8 @@ metrics; the loop itself knows nothing about them. A callback may stop training 
 Speed by design: the data sits on the device as tensors and each epoch slices it with one random
 permutation (no DataLoader collation), optimizers use fused/foreach kernels, the inner loop never
 syncs with the host (`.item()` once per epoch), evaluation runs in large chunks in inference mode.
+With the hand-derived gradients and Adam/AdamW on the CPU, `sweeplab.native` makes an epoch's
+steps in C++ (the same ATen calls as the loop below, without Python's cost per call).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from sweeplab.model import (
     loss_for_task,
     supports_manual_backward,
 )
+from sweeplab.native import load as load_native
+from sweeplab.native import train_steps as native_train_steps
 from sweeplab.optim import build_optimizer, build_schedule, step_function
 
 
@@ -72,12 +76,14 @@ def train_one_epoch(
     generator: torch.Generator,
     manual_backward: bool = False,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    native: bool = False,
 ) -> tuple[float, float]:
     """One pass over a fresh shuffle of the training set; returns (mean loss, accuracy).
     `augment` (e.g. `data.RandomShift`) transforms each batch of inputs.
 
     Gradients come from autograd, or with `manual_backward` from the seed's back-propagation
-    equations (`model.ManualBackprop`), which are the same numbers without the graph.
+    equations (`model.ManualBackprop`), which are the same numbers without the graph. With
+    `native` too, `sweeplab.native` makes the steps in C++ where it can (the same calls).
     """
     model.train()
     x, y = data.x_train, data.y_train
@@ -89,14 +95,23 @@ def train_one_epoch(
     # every step's logits land in one tensor; the epoch's loss and accuracy come from it at the
     # end, in a few ops over the whole epoch instead of several small ops per step
     logits = torch.empty((n, data.n_outputs), dtype=x.dtype, device=x.device)
-    batches = zip(
-        order.split(batch_size), y_shuffled.split(batch_size), logits.split(batch_size), strict=True
-    )
     backprop = ManualBackprop(model, data.task) if manual_backward else None
     optimizer_step = step_function(optimizer)
     # the hand-derived gradients need no autograd recording: switched off once for the epoch
     with torch.set_grad_enabled(backprop is None):
-        for idx, yb, logits_b in batches:
+        for start in range(0, n, batch_size):
+            # the C++ loop takes the rest of the epoch where it can: from its first step, or from
+            # the second after the optimizer has made its state
+            if (
+                native
+                and start <= batch_size
+                and native_train_steps(
+                    backprop, optimizer, x, order, y_shuffled, logits, batch_size, start
+                )
+            ):
+                break
+            batch = slice(start, start + batch_size)
+            idx, yb, logits_b = order[batch], y_shuffled[batch], logits[batch]
             xb = torch.index_select(x, 0, idx, out=x_buffer[: idx.numel()])
             if augment is not None:
                 xb = augment(xb, generator)
@@ -205,6 +220,14 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
             raise ValueError(f"trainer.shift_pixels: dataset {data.name!r} has no images")
         background = float(data.x_train.min())  # a blank pixel, normalised or not
         augment = RandomShift(data.image_shape, cfg.trainer.shift_pixels, background, device)
+    # the C++ steps (built here on a machine's first run, not inside the first epoch's time)
+    native = (
+        manual
+        and cfg.trainer.native
+        and augment is None
+        and device.type == "cpu"
+        and load_native() is not None
+    )
     # a loss this far above the untrained network's has diverged even while it is finite
     initial_loss, _ = evaluate(
         model, loss_fn, data.x_val, data.y_val, data.task, cfg.trainer.eval_batch_size
@@ -217,7 +240,15 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
-            model, optimizer, loss_fn, data, cfg.trainer.batch_size, batch_order, manual, augment
+            model,
+            optimizer,
+            loss_fn,
+            data,
+            cfg.trainer.batch_size,
+            batch_order,
+            manual,
+            augment,
+            native,
         )
         epoch_s = time.perf_counter() - started
         if not math.isfinite(train_loss) or (

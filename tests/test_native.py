@@ -1,0 +1,150 @@
+"""The C++ training loop (sweeplab.native) against the Python loop it replaces: same numbers."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from sweeplab import native, trainer
+from sweeplab.data import Dataset
+from sweeplab.model import ManualBackprop, TwoLayerNet, loss_for_task
+from sweeplab.optim import LeanAdam, LeanAdamW
+
+
+def dataset(task: str, n: int = 203, d_in: int = 7, k: int = 4) -> Dataset:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d_in, generator=generator)
+    if task == "binary":
+        y, k = (torch.rand(n, 1, generator=generator) > 0.5).float(), 1
+    elif task == "multiclass":
+        y = torch.randint(0, k, (n,), generator=generator)
+    else:
+        y = torch.randn(n, k, generator=generator)
+    return Dataset("random", task, k, x, y, x[:10], y[:10], x[:10], y[:10])
+
+
+def train(data, activation, optimizer_cls, native_loop, epochs=3, **optimizer_kwargs):
+    torch.manual_seed(0)
+    net = TwoLayerNet(data.n_features, 9, data.n_outputs, activation)
+    optimizer = optimizer_cls(net.parameters(), lr=1e-2, fused=True, **optimizer_kwargs)
+    order = torch.Generator().manual_seed(0)
+    loss_fn = loss_for_task(data.task)
+    metrics = [
+        trainer.train_one_epoch(net, optimizer, loss_fn, data, 32, order, True, None, native_loop)
+        for _ in range(epochs)
+    ]
+    return net, optimizer, metrics
+
+
+@pytest.fixture(scope="module")
+def built():
+    module = native.load()
+    assert module is not None, "the C++ loop did not build here (see the warning logged)"
+    return module
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu"])
+@pytest.mark.parametrize(
+    ("optimizer_cls", "kwargs"),
+    [(LeanAdam, {}), (LeanAdam, {"weight_decay": 0.01}), (LeanAdamW, {"weight_decay": 0.1})],
+)
+def test_native_epochs_are_bit_identical_to_the_python_loop(
+    built, task, activation, optimizer_cls, kwargs
+):
+    """203 samples in batches of 32: the last batch has 11."""
+    data = dataset(task)
+    net_py, opt_py, metrics_py = train(data, activation, optimizer_cls, False, **kwargs)
+    net_cc, opt_cc, metrics_cc = train(data, activation, optimizer_cls, True, **kwargs)
+    assert metrics_cc == metrics_py
+    for p, q in zip(net_py.parameters(), net_cc.parameters(), strict=True):
+        assert torch.equal(p, q)
+    for p, q in zip(net_py.parameters(), net_cc.parameters(), strict=True):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opt_py.state[p][key], opt_cc.state[q][key])
+    assert float(opt_cc.state[next(net_cc.parameters())]["step"]) == 3 * 7
+
+
+def test_native_loop_takes_over_after_the_first_step_and_not_with_hooks(built):
+    data = dataset("multiclass")
+    net, optimizer, _ = train(data, "sigmoid", LeanAdam, True, epochs=1)
+    backprop = ManualBackprop(net, "multiclass")
+    logits = torch.empty(data.x_train.shape[0], data.n_outputs)
+    order = torch.arange(data.x_train.shape[0])
+    args = (data.x_train, order, data.y_train, logits, 32, 0)
+    with torch.no_grad():
+        assert native.train_steps(backprop, optimizer, *args)
+        fresh = LeanAdam(net.parameters(), lr=1e-2, fused=True)  # no state until its first step
+        assert not native.train_steps(backprop, fresh, *args)
+        calls = []
+        handle = optimizer.register_step_post_hook(lambda *_: calls.append(1))
+        assert not native.train_steps(backprop, optimizer, *args)
+    loss_fn = loss_for_task("multiclass")
+    generator = torch.Generator().manual_seed(0)
+    trainer.train_one_epoch(net, optimizer, loss_fn, data, 32, generator, True, None, True)
+    assert len(calls) == 7  # the Python loop ran every step, so the hook saw each one
+    handle.remove()
+
+
+def test_run_gives_the_same_result_with_and_without_the_native_loop(built, make_config):
+    runs = [
+        trainer.run(make_config("trainer.epochs=4", f"trainer.native={flag}"))
+        for flag in (True, False)
+    ]
+    assert runs[0].history[-1]["train/loss"] == runs[1].history[-1]["train/loss"]
+    for p, q in zip(runs[0].model.parameters(), runs[1].model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_source_that_does_not_compile_leaves_the_python_loop_and_says_why(tmp_path, caplog):
+    source = tmp_path / "broken_loop.cpp"
+    source.write_text("this is not C++;\n")
+    with caplog.at_level(logging.WARNING, logger="sweeplab.native"):
+        assert native.build("sweeplab_broken_loop_test", source) is None
+    assert "broken_loop.cpp not built" in caplog.text
+
+
+INTERRUPTED_EPOCH = """
+import sys, time, torch
+from sweeplab import native, trainer
+from sweeplab.data import Dataset
+from sweeplab.model import TwoLayerNet, loss_for_task
+from sweeplab.optim import LeanAdam
+
+assert native.load() is not None
+x, y = torch.randn(400_000, 8), torch.randint(0, 3, (400_000,))
+data = Dataset("big", "multiclass", 3, x, y, x[:10], y[:10], x[:10], y[:10])
+net = TwoLayerNet(8, 16, 3, "relu")
+optimizer = LeanAdam(net.parameters(), lr=1e-3, fused=True)
+print("training", flush=True)
+try:
+    trainer.train_one_epoch(
+        net, optimizer, loss_for_task("multiclass"), data, 2, torch.Generator(), True, None, True
+    )
+except KeyboardInterrupt:
+    print(f"interrupted after {int(optimizer.state[net.hidden.weight]['step'])} steps", flush=True)
+    sys.exit(3)
+print("not interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_stops_the_native_loop_within_a_few_steps(built):
+    """200,000 steps of one epoch: SIGINT reaches Python while the C++ loop runs."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_EPOCH], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline().strip() == "training"
+    time.sleep(1.0)
+    child.send_signal(signal.SIGINT)
+    out, _ = child.communicate(timeout=60)
+    assert child.returncode == 3, out
+    # without the loop's signal checks the interrupt would only land after the whole epoch
+    steps = int(out.split("after ")[1].split()[0])
+    assert 0 < steps < 200_000
