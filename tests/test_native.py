@@ -98,22 +98,47 @@ def test_run_gives_the_same_result_with_and_without_the_native_loop(built, make_
         assert torch.equal(p, q)
 
 
-def test_a_source_that_does_not_compile_leaves_the_python_loop_and_says_why(tmp_path, caplog):
+def test_a_source_that_does_not_compile_leaves_the_python_loop_and_says_why(
+    tmp_path, monkeypatch, caplog
+):
+    """Also: a build lock left by a killed build is removed (torch would wait for it forever)."""
+    import os
+    import sys
+    import threading
+    import time
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
     source = tmp_path / "broken_loop.cpp"
     source.write_text("this is not C++;\n")
+    name = "sweeplab_broken_loop_test"
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    directory = tmp_path / "extensions" / f"{name}-torch{torch.__version__}-{python}"
+    directory.mkdir(parents=True)
+    stale = time.time() - native.STALE_LOCK_S - 60
+    (directory / "lock").touch()
+    os.utime(directory / "lock", (stale, stale))
+    built = []
     with caplog.at_level(logging.WARNING, logger="sweeplab.native"):
-        assert native.build("sweeplab_broken_loop_test", source) is None
+        worker = threading.Thread(
+            target=lambda: built.append(native.build(name, source)), daemon=True
+        )
+        worker.start()
+        worker.join(timeout=60)
+    assert not worker.is_alive(), "the build waited for the stale lock"
+    assert built == [None]
+    assert "left by a build that did not finish" in caplog.text
     assert "broken_loop.cpp not built" in caplog.text
 
 
 INTERRUPTED_EPOCH = """
-import sys, time, torch
+import signal, sys, torch
 from sweeplab import native, trainer
 from sweeplab.data import Dataset
 from sweeplab.model import TwoLayerNet, loss_for_task
 from sweeplab.optim import LeanAdam
 
 assert native.load() is not None
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with it ignored
 x, y = torch.randn(400_000, 8), torch.randint(0, 3, (400_000,))
 data = Dataset("big", "multiclass", 3, x, y, x[:10], y[:10], x[:10], y[:10])
 net = TwoLayerNet(8, 16, 3, "relu")

@@ -8,8 +8,9 @@ calls of the Python loop (weights bit-identical, tested) in one C++ loop: at MNI
 ~15 calls of a step cost ~50 us less without Python in between, ~12 % of the epoch.
 
 torch.utils.cpp_extension compiles it on first use (a C++ compiler and ninja are needed; ~20 s
-once per machine and torch version, then cached by torch). Where it cannot be built the trainer
-keeps the Python loop and says why, once. `trainer.native=false` turns it off.
+once per machine, torch and Python version; kept in $TORCH_EXTENSIONS_DIR, default
+~/.cache/torch_extensions). Where it cannot be built the trainer keeps the Python loop and says
+why, once. `trainer.native=false` turns it off.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -30,6 +32,7 @@ from sweeplab.optim import LeanAdam
 SOURCE = Path(__file__).with_name("native_loop.cpp")
 TASKS = {"binary": 0, "multiclass": 1, "regression": 2}
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2}
+STALE_LOCK_S = 600  # a build takes ~20 s; a build lock this old was left by a killed process
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,22 @@ def build(name: str, source: Path) -> ModuleType | None:
     if shutil.which("ninja") is None and shutil.which("ninja", path=venv_bin):
         # the `ninja` package of this environment, when its bin/ is not on PATH (no activation)
         os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache/torch_extensions")
+    directory = root / f"{name}-torch{torch.__version__}-{python}"
+    directory.mkdir(parents=True, exist_ok=True)
+    # torch waits, without end, for the lock of a build in progress: one killed mid-build leaves it
+    lock = directory / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        log.warning("sweeplab.native: removing %s, left by a build that did not finish", lock)
+        lock.unlink(missing_ok=True)
     try:
-        return cpp_extension.load(name=name, sources=[str(source)], extra_cflags=["-O2"])
+        return cpp_extension.load(
+            name=name,
+            sources=[str(source)],
+            extra_cflags=["-O2"],
+            build_directory=str(directory),
+        )
     except Exception as error:  # the Python loop still works: say why, and go on without
         log.warning("sweeplab.native: %s not built, using the Python loop: %s", source.name, error)
         return None
