@@ -88,6 +88,30 @@ def test_native_loop_takes_over_after_the_first_step_and_not_with_hooks(built):
     handle.remove()
 
 
+def test_what_the_native_loop_does_not_cover_runs_in_python(built):
+    """An augmentation of each batch, or autograd: asking for the C++ loop changes nothing."""
+    data = dataset("multiclass")
+    loss_fn = loss_for_task("multiclass")
+
+    def halve(xb, _generator):
+        return xb * 0.5
+
+    results = []
+    for native_loop in (False, True):
+        for manual, augment in ((True, halve), (False, None)):
+            torch.manual_seed(0)
+            net = TwoLayerNet(data.n_features, 9, data.n_outputs, "tanh")
+            optimizer = LeanAdam(net.parameters(), lr=1e-2, fused=True)
+            generator = torch.Generator().manual_seed(0)
+            for _ in range(2):
+                trainer.train_one_epoch(
+                    net, optimizer, loss_fn, data, 32, generator, manual, augment, native_loop
+                )
+            results.append([p.detach().clone() for p in net.parameters()])
+    for python_loop, asked_native in zip(results[:2], results[2:], strict=True):
+        assert all(torch.equal(p, q) for p, q in zip(python_loop, asked_native, strict=True))
+
+
 def test_run_gives_the_same_result_with_and_without_the_native_loop(built, make_config):
     runs = [
         trainer.run(make_config("trainer.epochs=4", f"trainer.native={flag}"))

@@ -34,7 +34,7 @@ from sweeplab.model import (
 )
 from sweeplab.native import load as load_native
 from sweeplab.native import train_steps as native_train_steps
-from sweeplab.optim import build_optimizer, build_schedule, step_function
+from sweeplab.optim import LeanAdam, build_optimizer, build_schedule, step_function
 
 
 class Callback:
@@ -97,6 +97,7 @@ def train_one_epoch(
     logits = torch.empty((n, data.n_outputs), dtype=x.dtype, device=x.device)
     backprop = ManualBackprop(model, data.task) if manual_backward else None
     optimizer_step = step_function(optimizer)
+    native = native and backprop is not None and augment is None  # what the C++ loop covers
     # the hand-derived gradients need no autograd recording: switched off once for the epoch
     with torch.set_grad_enabled(backprop is None):
         for start in range(0, n, batch_size):
@@ -226,6 +227,7 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
         and cfg.trainer.native
         and augment is None
         and device.type == "cpu"
+        and isinstance(optimizer, LeanAdam)
         and load_native() is not None
     )
     # a loss this far above the untrained network's has diverged even while it is finite
