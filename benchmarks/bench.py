@@ -132,7 +132,7 @@ def sweeplab_run(case: Case, backward: str, data_overrides: list[str], native: b
     steps = -(-result.dataset.x_train.shape[0] // case.batch_size)
     return Row(
         case.name,
-        f"sweeplab ({backward}{'' if native or backward != 'manual' else ', Python loop'})",
+        f"sweeplab ({backward if native else f'{backward}, Python loop'})",
         _median_after_first(times),
         result.metrics["test/acc"],
         steps,

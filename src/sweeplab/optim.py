@@ -75,26 +75,7 @@ class LeanAdam(torch.optim.Adam):
         plan = self._lean_plan()
         if plan is None or len(plan) != 1:
             return None
-        group, params, exp_avgs, exp_avg_sqs, steps, counter = plan[0]
-        grads = [p.grad for p in params]
-        if any(g is None or g.is_sparse for g in grads) or isinstance(group["lr"], torch.Tensor):
-            return None
-        beta1, beta2 = group["betas"]
-        return FusedStep(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            steps,
-            counter,
-            group["lr"],
-            beta1,
-            beta2,
-            group["weight_decay"],
-            group["eps"],
-            group["maximize"],
-            group["decoupled_weight_decay"],
-        )
+        return _kernel_arguments(*plan[0])
 
     def _step_wrapper_needed(self) -> bool:
         """A step hook is registered or a profiler runs: steps must go through `step`."""
@@ -111,31 +92,26 @@ class LeanAdam(torch.optim.Adam):
         plan = self._lean_plan()
         if plan is None:
             return False
-        grads = [[p.grad for p in params] for _, params, *_ in plan]
-        if any(g is None or g.is_sparse for group_grads in grads for g in group_grads):
+        calls = [_kernel_arguments(*entry) for entry in plan]
+        if any(call is None for call in calls):
             return False
-        if any(isinstance(group["lr"], torch.Tensor) for group, *_ in plan):
-            return False
-        for (group, params, exp_avgs, exp_avg_sqs, steps, counter), group_grads in zip(
-            plan, grads, strict=True
-        ):
-            counter.add_(1)  # every parameter's step count: one op instead of a foreach op
-            kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
-            beta1, beta2 = group["betas"]
+        for call in calls:
+            call.counter.add_(1)  # every parameter's step count: one op instead of a foreach op
+            kernel = torch._fused_adamw_ if call.decoupled_weight_decay else torch._fused_adam_
             kernel(
-                params,
-                group_grads,
-                exp_avgs,
-                exp_avg_sqs,
+                call.params,
+                call.grads,
+                call.exp_avgs,
+                call.exp_avg_sqs,
                 [],
-                steps,
+                call.steps,
                 amsgrad=False,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-                maximize=group["maximize"],
+                lr=call.lr,
+                beta1=call.beta1,
+                beta2=call.beta2,
+                weight_decay=call.weight_decay,
+                eps=call.eps,
+                maximize=call.maximize,
                 grad_scale=None,
                 found_inf=None,
             )
@@ -192,6 +168,37 @@ class LeanAdam(torch.optim.Adam):
             plan,
         )
         return plan
+
+
+def _kernel_arguments(
+    group: dict,
+    params: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    steps: list[torch.Tensor],
+    counter: torch.Tensor,
+) -> FusedStep | None:
+    """One entry of LeanAdam's plan with this step's gradients, or None if the fused call does
+    not cover it (a missing or sparse gradient, a tensor learning rate)."""
+    grads = [p.grad for p in params]
+    if any(g is None or g.is_sparse for g in grads) or isinstance(group["lr"], torch.Tensor):
+        return None
+    beta1, beta2 = group["betas"]
+    return FusedStep(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        steps,
+        counter,
+        group["lr"],
+        beta1,
+        beta2,
+        group["weight_decay"],
+        group["eps"],
+        group["maximize"],
+        group["decoupled_weight_decay"],
+    )
 
 
 class LeanAdamW(LeanAdam, torch.optim.AdamW):
