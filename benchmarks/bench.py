@@ -70,7 +70,7 @@ class SeedNet(nn.Module):
 def seed_recipe(case: Case, data: object, seed: int = 0) -> Row:
     """Slides 35-38: binary task -> sigmoid output + BCELoss; MNIST -> logits + CrossEntropyLoss.
     On torch's default CPU threads, as the slides' code runs (sweeplab's runs set their own)."""
-    from sweeplab.trainer import torch_default_threads
+    from sweeplab.training.trainer import torch_default_threads
 
     torch.set_num_threads(torch_default_threads())
     torch.manual_seed(seed)
@@ -109,8 +109,8 @@ def seed_recipe(case: Case, data: object, seed: int = 0) -> Row:
 def sweeplab_run(case: Case, backward: str, data_overrides: list[str], native: bool = True) -> Row:
     from hydra import compose, initialize_config_dir
 
-    from sweeplab import trainer
     from sweeplab.config import CONF_DIR, register_configs, to_config
+    from sweeplab.training import trainer
 
     register_configs()
     overrides = [
@@ -155,7 +155,7 @@ def matmul_limit_epoch_s(
     H x B by B x d (dW_H), K x B by B x H (dW_O) and B x K by K x H (dA_H): 2B(2dH + 3HK) flops.
     The rate is measured on the largest of these products at this case's sizes (hot caches).
     """
-    from sweeplab.trainer import torch_default_threads
+    from sweeplab.training.trainer import torch_default_threads
 
     torch.set_num_threads(torch_default_threads())
     b, d, h, k = case.batch_size, n_features, case.d_hidden, n_outputs
@@ -179,18 +179,21 @@ def profile_step(case: Case, data: object) -> str:
     """Where sweeplab's training step spends its time (torch.profiler, top operators)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from sweeplab.config import AdamConfig
-    from sweeplab.model import TwoLayerNet, loss_for_task
-    from sweeplab.optim import build_optimizer
-    from sweeplab.trainer import train_one_epoch
+    from sweeplab.config import AdamConfig, TrainerConfig
+    from sweeplab.training.fast import fast_steps
+    from sweeplab.training.model import TwoLayerNet, loss_for_task
+    from sweeplab.training.optim import build_optimizer
+    from sweeplab.training.trainer import train_one_epoch
 
     torch.manual_seed(0)
     net = TwoLayerNet(data.n_features, case.d_hidden, data.n_outputs, "sigmoid")
     opt = build_optimizer(list(net.parameters()), AdamConfig(lr=case.lr))
+    # the Python loop: a profiler would send the C++ loop's epochs there anyway
+    steps = fast_steps(net, opt, data.task, TrainerConfig(native=False), False, torch.device("cpu"))
     loss_fn, order = loss_for_task(data.task), torch.Generator().manual_seed(0)
-    train_one_epoch(net, opt, loss_fn, data, case.batch_size, order, manual_backward=True)  # warm
+    train_one_epoch(net, steps, loss_fn, data, case.batch_size, order)  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        train_one_epoch(net, opt, loss_fn, data, case.batch_size, order, manual_backward=True)
+        train_one_epoch(net, steps, loss_fn, data, case.batch_size, order)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
 
 
@@ -200,7 +203,7 @@ def profile_step(case: Case, data: object) -> str:
 def load(case: Case, idx_root: str | None) -> tuple[object, list[str]]:
     """The case's dataset and the overrides that make sweeplab load the very same arrays."""
     from sweeplab.config import IdxDataConfig, MnistDataConfig, SyntheticDataConfig
-    from sweeplab.data import load_dataset
+    from sweeplab.training.data import load_dataset
 
     if case.data == "synthetic":
         sizes = {"n_train": 2000, "n_val": 500, "n_test": 1000}
@@ -213,7 +216,7 @@ def load(case: Case, idx_root: str | None) -> tuple[object, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sweeplab.trainer import torch_default_threads
+    from sweeplab.training.trainer import torch_default_threads
 
     torch_default_threads()  # read before any run changes it
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def run(sweep: str, pruner: str | None, trials: int, epochs: int) -> dict[str, float]:
-    from sweeplab.study import make_storage
+    from sweeplab.sweep.storage import make_storage
 
     out = Path(tempfile.mkdtemp(prefix=f"sweeplab-pruning-{pruner or 'shipped'}-"))
     study_name = f"pruning-{pruner or 'shipped'}"

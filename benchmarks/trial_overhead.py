@@ -61,16 +61,18 @@ def main(argv: list[str] | None = None) -> None:
 
     from hydra import compose, initialize_config_dir
 
-    from sweeplab import sweep, tracking, trainer
     from sweeplab.config import CONF_DIR, register_configs, to_config
-    from sweeplab.train import freeze_long_lived_objects, train_and_track
+    from sweeplab.runtime import freeze_long_lived_objects
+    from sweeplab.sweep import plan, results, storage, worker
+    from sweeplab.training import tracking, trainer
+    from sweeplab.training.tracking import train_and_track
 
     register_configs()
-    timed(sweep, "compose_trial", "config compose")
+    timed(worker, "compose_trial", "config compose")  # the name Worker calls
     timed(tracking.MlflowRun, "start", "MLflow run start")
     timed(tracking.MlflowRun, "log_result", "log result (test metrics, plots)")
     timed(tracking.MlflowRun, "end", "MLflow run end")
-    timed(sweep.Worker, "after_trial", "sweep bookkeeping (tags, best value)")
+    timed(worker.Worker, "after_trial", "sweep bookkeeping (tags, best value)")
     timed(trainer, "load_dataset", "data (cached per process)")
     timed(trainer, "build_optimizer", "optimizer build")  # the name trainer.run calls
     timed(trainer, "train_one_epoch", "training epoch")
@@ -85,16 +87,16 @@ def main(argv: list[str] | None = None) -> None:
     ]
     lines = []
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        plan = sweep.plan_sweep(compose("config", overrides), overrides, "synthetic")
-        sweep._mlflow(plan)  # the store exists before a long sweep's trials: not counted
-        # imports torch._dynamo too (about 1 s), which torch.optim needs once per process
+        sweep_plan = plan.plan_sweep(compose("config", overrides), overrides, "synthetic")
+        results.mlflow_client(
+            sweep_plan
+        )  # the store exists before a long sweep's trials: not counted
         freeze_long_lived_objects()
         TIMES.clear()
-        study = sweep.open_study(plan)
+        study = storage.open_study(sweep_plan)
         started = time.perf_counter()
-        parent = sweep.find_or_create_parent(plan, study)
-        worker = sweep.Worker(plan, study, parent, "", sweep.compose_trial)
-        worker.work(None)
+        parent = results.find_or_create_parent(sweep_plan, study)
+        worker.Worker(sweep_plan, study, parent, "").work(None)
         wall = time.perf_counter() - started
         trials = study.get_trials()
 

@@ -1,17 +1,13 @@
-"""The hand-derived back-propagation (the seed's matrix equations) against autograd."""
+"""The hand-derived back-propagation (the lecture's matrix equations) against autograd."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sweeplab import trainer
-from sweeplab.model import (
-    ManualBackprop,
-    TwoLayerNet,
-    loss_for_task,
-    supports_manual_backward,
-)
+from sweeplab.training import trainer
+from sweeplab.training.fast.backprop import ManualBackprop, supports_manual_backward
+from sweeplab.training.model import TwoLayerNet, loss_for_task
 
 CASES = [
     (activation, task)

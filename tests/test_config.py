@@ -37,7 +37,7 @@ def test_every_option_of_every_group_composes(group):
             assert getattr(cfg, group).name == option
 
 
-def test_defaults_are_the_seed_task():
+def test_defaults_are_the_lecture_task():
     cfg = to_config(compose_raw())
     assert isinstance(cfg.data, SyntheticDataConfig)
     assert isinstance(cfg.optimizer, AdamConfig)
@@ -50,8 +50,9 @@ def test_group_choice_gives_its_typed_schema():
     assert isinstance(cfg.data, RegressionDataConfig) and cfg.data.n_outputs == 2
 
 
-def test_seed_experiment_holds_the_lecture_settings():
-    cfg = to_config(compose_raw("experiment=seed_synthetic"))
+@pytest.mark.parametrize("name", ["lecture_synthetic", "seed_synthetic"])  # and its old name
+def test_lecture_experiment_holds_the_lecture_settings(name):
+    cfg = to_config(compose_raw(f"experiment={name}"))
     assert (cfg.model.d_hidden, cfg.optimizer.lr, cfg.trainer.batch_size) == (4, 0.01, 100)
     assert cfg.trainer.epochs == 2000
 

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from sweeplab.config import RegressionDataConfig, SyntheticDataConfig
-from sweeplab.data import QUADRILATERAL, inside_quadrilateral, load_dataset, make_synthetic
-from sweeplab.model import TwoLayerNet
+from sweeplab.training.data import QUADRILATERAL, inside_quadrilateral, load_dataset, make_synthetic
+from sweeplab.training.model import TwoLayerNet
 
 
 def test_synthetic_shapes_and_labels():

@@ -9,8 +9,8 @@ import time
 import optuna
 import pytest
 
-from sweeplab.study import make_storage
-from sweeplab.train import interrupts_deferred, raise_keyboard_interrupt_on_signals
+from sweeplab.runtime import interrupts_deferred, raise_keyboard_interrupt_on_signals
+from sweeplab.sweep.storage import make_storage
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sweeplab import metric_writer, tracking
-from sweeplab.metric_writer import MetricWriter
-from sweeplab.train import train_and_track
+from sweeplab.training import metric_writer, tracking
+from sweeplab.training.metric_writer import MetricWriter
+from sweeplab.training.tracking import train_and_track
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_a_batch_the_helper_cannot_write_raises_the_stores_error_here(writer, cl
 def test_helper_leaves_when_its_training_process_dies(tmp_path):
     script = (
         "import os, sys\n"
-        "from sweeplab.metric_writer import MetricWriter\n"
+        "from sweeplab.training.metric_writer import MetricWriter\n"
         "print(MetricWriter()._process.pid, flush=True)\n"
         "os._exit(1)\n"  # no close, no atexit: as if killed
     )

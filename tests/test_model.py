@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sweeplab.model import TwoLayerNet, count_correct, loss_for_task, predict_proba
+from sweeplab.training.model import TwoLayerNet, count_correct, loss_for_task, predict_proba
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu"])

@@ -1,4 +1,4 @@
-"""The C++ training loop (sweeplab.native) against the Python loop it replaces: same numbers."""
+"""The C++ training loop (training.fast.native) against the Python loop it replaces: same numbers."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ import logging
 import pytest
 import torch
 
-from sweeplab import native, trainer
-from sweeplab.data import Dataset
-from sweeplab.model import ManualBackprop, TwoLayerNet, loss_for_task
-from sweeplab.optim import LeanAdam, LeanAdamW
+from sweeplab.config import TrainerConfig
+from sweeplab.training import fast, trainer
+from sweeplab.training.data import Dataset
+from sweeplab.training.fast import native
+from sweeplab.training.fast.backprop import ManualBackprop
+from sweeplab.training.fast.lean_adam import LeanAdam, LeanAdamW
+from sweeplab.training.model import TwoLayerNet, loss_for_task
+
+CPU = torch.device("cpu")
 
 
 def dataset(task: str, n: int = 203, d_in: int = 7, k: int = 4) -> Dataset:
@@ -25,16 +30,22 @@ def dataset(task: str, n: int = 203, d_in: int = 7, k: int = 4) -> Dataset:
     return Dataset("random", task, k, x, y, x[:10], y[:10], x[:10], y[:10])
 
 
+def steps_for(net, optimizer, task, native_loop, backward="manual", augmented=False):
+    """The steps the trainer would make for these settings (fast.fast_steps, or autograd)."""
+    settings = TrainerConfig(backward=backward, native=native_loop)
+    steps = fast.fast_steps(net, optimizer, task, settings, augmented, CPU)
+    return steps or trainer.AutogradSteps(net, optimizer, loss_for_task(task))
+
+
 def train(data, activation, optimizer_cls, native_loop, epochs=3, **optimizer_kwargs):
     torch.manual_seed(0)
     net = TwoLayerNet(data.n_features, 9, data.n_outputs, activation)
     optimizer = optimizer_cls(net.parameters(), lr=1e-2, fused=True, **optimizer_kwargs)
+    steps = steps_for(net, optimizer, data.task, native_loop)
+    assert isinstance(steps, fast.NativeSteps) == native_loop
     order = torch.Generator().manual_seed(0)
     loss_fn = loss_for_task(data.task)
-    metrics = [
-        trainer.train_one_epoch(net, optimizer, loss_fn, data, 32, order, True, None, native_loop)
-        for _ in range(epochs)
-    ]
+    metrics = [trainer.train_one_epoch(net, steps, loss_fn, data, 32, order) for _ in range(epochs)]
     return net, optimizer, metrics
 
 
@@ -67,23 +78,26 @@ def test_native_epochs_are_bit_identical_to_the_python_loop(
     assert float(opt_cc.state[next(net_cc.parameters())]["step"]) == 3 * 7
 
 
-def test_native_loop_takes_over_after_the_first_step_and_not_with_hooks(built):
+def test_native_loop_takes_over_once_the_state_exists_and_not_with_hooks(built):
     data = dataset("multiclass")
-    net, optimizer, _ = train(data, "sigmoid", LeanAdam, True, epochs=1)
+    torch.manual_seed(0)
+    net = TwoLayerNet(data.n_features, 9, data.n_outputs, "sigmoid")
     backprop = ManualBackprop(net, "multiclass")
     logits = torch.empty(data.x_train.shape[0], data.n_outputs)
     order = torch.arange(data.x_train.shape[0])
-    args = (data.x_train, order, data.y_train, logits, 32, 0)
+    args = (data.x_train, order, data.y_train, logits, 32)
+    optimizer = LeanAdam(net.parameters(), lr=1e-2, fused=True)
+    steps = steps_for(net, optimizer, "multiclass", native_loop=True)
     with torch.no_grad():
-        assert native.train_steps(backprop, optimizer, *args)
-        fresh = LeanAdam(net.parameters(), lr=1e-2, fused=True)  # no state until its first step
-        assert not native.train_steps(backprop, fresh, *args)
+        assert not native.train_steps(backprop, optimizer, *args)  # no state until a first step
+        assert not steps.train_epoch(*args)
+        steps(data.x_train[:32], data.y_train[:32], logits[:32])  # torch's step makes the state
+        assert steps.train_epoch(*args)
         calls = []
         handle = optimizer.register_step_post_hook(lambda *_: calls.append(1))
         assert not native.train_steps(backprop, optimizer, *args)
-    loss_fn = loss_for_task("multiclass")
     generator = torch.Generator().manual_seed(0)
-    trainer.train_one_epoch(net, optimizer, loss_fn, data, 32, generator, True, None, True)
+    trainer.train_one_epoch(net, steps, loss_for_task("multiclass"), data, 32, generator)
     assert len(calls) == 7  # the Python loop ran every step, so the hook saw each one
     handle.remove()
 
@@ -98,15 +112,15 @@ def test_what_the_native_loop_does_not_cover_runs_in_python(built):
 
     results = []
     for native_loop in (False, True):
-        for manual, augment in ((True, halve), (False, None)):
+        for backward, augment in (("manual", halve), ("autograd", None)):
             torch.manual_seed(0)
             net = TwoLayerNet(data.n_features, 9, data.n_outputs, "tanh")
             optimizer = LeanAdam(net.parameters(), lr=1e-2, fused=True)
+            steps = steps_for(net, optimizer, "multiclass", native_loop, backward, bool(augment))
+            assert not isinstance(steps, fast.NativeSteps)
             generator = torch.Generator().manual_seed(0)
             for _ in range(2):
-                trainer.train_one_epoch(
-                    net, optimizer, loss_fn, data, 32, generator, manual, augment, native_loop
-                )
+                trainer.train_one_epoch(net, steps, loss_fn, data, 32, generator, augment)
             results.append([p.detach().clone() for p in net.parameters()])
     for python_loop, asked_native in zip(results[:2], results[2:], strict=True):
         assert all(torch.equal(p, q) for p, q in zip(python_loop, asked_native, strict=True))
@@ -142,7 +156,7 @@ def test_a_source_that_does_not_compile_leaves_the_python_loop_and_says_why(
     (directory / "lock").touch()
     os.utime(directory / "lock", (stale, stale))
     built = []
-    with caplog.at_level(logging.WARNING, logger="sweeplab.native"):
+    with caplog.at_level(logging.WARNING, logger="sweeplab.training.fast.native"):
         worker = threading.Thread(
             target=lambda: built.append(native.build(name, source)), daemon=True
         )
@@ -156,10 +170,12 @@ def test_a_source_that_does_not_compile_leaves_the_python_loop_and_says_why(
 
 INTERRUPTED_EPOCH = """
 import signal, sys, torch
-from sweeplab import native, trainer
-from sweeplab.data import Dataset
-from sweeplab.model import TwoLayerNet, loss_for_task
-from sweeplab.optim import LeanAdam
+from sweeplab.config import TrainerConfig
+from sweeplab.training import fast, trainer
+from sweeplab.training.data import Dataset
+from sweeplab.training.fast import native
+from sweeplab.training.fast.lean_adam import LeanAdam
+from sweeplab.training.model import TwoLayerNet, loss_for_task
 
 assert native.load() is not None
 signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with it ignored
@@ -167,11 +183,11 @@ x, y = torch.randn(400_000, 8), torch.randint(0, 3, (400_000,))
 data = Dataset("big", "multiclass", 3, x, y, x[:10], y[:10], x[:10], y[:10])
 net = TwoLayerNet(8, 16, 3, "relu")
 optimizer = LeanAdam(net.parameters(), lr=1e-3, fused=True)
+steps = fast.fast_steps(net, optimizer, "multiclass", TrainerConfig(), False, torch.device("cpu"))
+assert isinstance(steps, fast.NativeSteps)
 print("training", flush=True)
 try:
-    trainer.train_one_epoch(
-        net, optimizer, loss_for_task("multiclass"), data, 2, torch.Generator(), True, None, True
-    )
+    trainer.train_one_epoch(net, steps, loss_for_task("multiclass"), data, 2, torch.Generator())
 except KeyboardInterrupt:
     print(f"interrupted after {int(optimizer.state[net.hidden.weight]['step'])} steps", flush=True)
     sys.exit(3)

@@ -11,7 +11,7 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 
-from sweeplab.optim import LeanAdam, LeanAdamW, step_function
+from sweeplab.training.fast.lean_adam import LeanAdam, LeanAdamW, step_function
 
 
 def params(seed=0):

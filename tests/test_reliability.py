@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from sweeplab.study import make_storage
+from sweeplab.sweep.storage import make_storage
 
 from .conftest import run_cli
 from .test_sweep import SMALL, children, write_sweep_file

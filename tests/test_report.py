@@ -10,9 +10,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from sweeplab.config import CONF_DIR, register_configs
-from sweeplab.report import ReportError, load_experiment, main, open_store, write_report
-from sweeplab.sweep import plan_sweep, run_sweep
-from sweeplab.train import train_and_track
+from sweeplab.report import ReportError, load_report, main, open_store, write_report
+from sweeplab.sweep.plan import plan_sweep
+from sweeplab.sweep.run import run_sweep
+from sweeplab.training.tracking import train_and_track
 
 from .conftest import TINY, run_cli
 
@@ -38,7 +39,7 @@ def tiny_sweep(mlflow_uri: str, sweep: str, experiment: str, *extra: str) -> Non
 
 def write_spec(folder: Path, text: str) -> Path:
     folder.mkdir(parents=True)
-    (folder / "experiment.yaml").write_text(textwrap.dedent(text))
+    (folder / "report.yaml").write_text(textwrap.dedent(text))
     return folder
 
 
@@ -68,7 +69,7 @@ SPEC = """
     title: Smoke
     intro: A tiny report.
     commands:
-      - sweeplab.train experiment=seed_synthetic
+      - sweeplab.train experiment=lecture_synthetic
     sections:
       - kind: run
         title: The run
@@ -101,7 +102,7 @@ def test_report_from_tiny_runs(tiny_runs, tmp_path):
 
     folder = write_spec(tmp_path / "smoke", SPEC)
     store = open_store(tiny_runs)
-    readme = write_report(load_experiment(folder), store).read_text()
+    readme = write_report(load_report(folder), store).read_text()
 
     run = MlflowClient(tiny_runs).search_runs([store.experiment_id("smoke-run")], max_results=1)[0]
     assert f"{100 * run.data.metrics['test/acc']:.2f} %" in readme
@@ -109,7 +110,7 @@ def test_report_from_tiny_runs(tiny_runs, tmp_path):
     assert "| trials | 3 complete, 0 pruned, 0 failed |" in readme
     assert "first epoch with val/acc >= 0.0 | 1 |" in readme
     assert "Output weights of the hidden units" in readme
-    assert "python -m sweeplab.train experiment=seed_synthetic" in readme
+    assert "python -m sweeplab.train experiment=lecture_synthetic" in readme
     assert "**not reached**" in readme  # a 3-epoch toy does not reach 99.9 % test accuracy
     assert "| LeCun et al. 1998 | 300 HU | 4.70 % | 95.30 % |" in readme
     assert "sweeplab (the study)" in readme
@@ -130,7 +131,7 @@ def test_report_from_tiny_runs(tiny_runs, tmp_path):
     assert {p.name for p in (folder / "figures").iterdir()} == names
 
     (folder / "figures" / "stale.png").write_bytes(PNG_MAGIC)
-    write_report(load_experiment(folder), store)  # regenerating replaces every figure
+    write_report(load_report(folder), store)  # regenerating replaces every figure
     assert not (folder / "figures" / "stale.png").exists()
 
 
@@ -148,25 +149,25 @@ def test_report_from_tiny_runs(tiny_runs, tmp_path):
 def test_bad_experiment_files_are_named(tmp_path, spec, named):
     folder = write_spec(tmp_path / "bad", spec)
     with pytest.raises(ReportError) as err:
-        load_experiment(folder)
-    assert str(err.value).startswith(str(folder / "experiment.yaml"))
+        load_report(folder)
+    assert str(err.value).startswith(str(folder / "report.yaml"))
     assert named in str(err.value)
 
 
 def test_missing_runs_are_named(tiny_runs, tmp_path):
     folder = write_spec(tmp_path / "e", "sections: [{kind: sweep, experiment: smoke-run}]")
     with pytest.raises(ReportError, match="'smoke-run': no finished study"):
-        write_report(load_experiment(folder), open_store(tiny_runs))
+        write_report(load_report(folder), open_store(tiny_runs))
     folder = write_spec(tmp_path / "f", "sections: [{kind: run, experiment: nowhere}]")
     with pytest.raises(ReportError, match="'nowhere' not found"):
-        write_report(load_experiment(folder), open_store(tiny_runs))
+        write_report(load_report(folder), open_store(tiny_runs))
 
 
 def test_cli_unknown_experiment_and_missing_store(tmp_path, capsys):
     write_spec(tmp_path / "real", "sections: [{kind: run, experiment: x}]")
     assert main(["--root", str(tmp_path), "nope"]) == 2
     err = capsys.readouterr().err
-    assert "EXP=nope: no" in err and "(experiments: real)" in err
+    assert "REPORT=nope: no" in err and "(reports: real)" in err
     missing = f"sqlite:///{tmp_path / 'none.db'}"
     assert main(["--root", str(tmp_path), "--uri", missing]) == 2
     assert "no MLflow store" in capsys.readouterr().err
@@ -174,7 +175,7 @@ def test_cli_unknown_experiment_and_missing_store(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_runs_the_commands_then_reports(tmp_path):
-    """`make experiments EXP=...`: the commands run as real subprocesses, then the report."""
+    """`make reports REPORT=...`: the commands run as real subprocesses, then the report."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     folder = write_spec(
         tmp_path / "exps" / "tiny",

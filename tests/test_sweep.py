@@ -17,8 +17,9 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from sweeplab.config import CONF_DIR, ConfigError, register_configs
-from sweeplab.study import make_storage
-from sweeplab.sweep import plan_sweep, run_sweep
+from sweeplab.sweep.plan import plan_sweep
+from sweeplab.sweep.run import run_sweep
+from sweeplab.sweep.storage import make_storage
 
 from .conftest import run_cli
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from sweeplab.tracking import git_commit
-from sweeplab.train import train_and_track
-from sweeplab.trainer import Callback, DivergenceError
+from sweeplab.provenance import git_commit
+from sweeplab.training.tracking import train_and_track
+from sweeplab.training.trainer import Callback, DivergenceError
 
 
 def artifact_names(client, run_id):

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from sweeplab import optim, trainer
-from sweeplab.trainer import Callback, DivergenceError
+from sweeplab.training import fast, optim, trainer
+from sweeplab.training.fast.backprop import ManualBackprop
+from sweeplab.training.trainer import Callback, DivergenceError
 
 
 class Recorder(Callback):
@@ -153,7 +154,8 @@ def test_no_schedule_logs_no_lr_and_keeps_it(make_config):
 
 @pytest.mark.parametrize("kind", ["dropout", "input_dropout"])
 def test_dropout_is_active_only_while_training(make_config, kind):
-    from sweeplab.model import TwoLayerNet, supports_manual_backward
+    from sweeplab.training.fast.backprop import supports_manual_backward
+    from sweeplab.training.model import TwoLayerNet
 
     net = TwoLayerNet(2, 64, 1, "relu", **{kind: 0.5})
     x = torch.rand(32, 2)
@@ -214,8 +216,8 @@ def test_a_finite_but_exploding_loss_counts_as_divergence(make_config):
 def test_epoch_metrics_are_the_training_set_means(make_config, task, manual):
     """With frozen weights (lr 0), an epoch's loss/accuracy equal those of the whole training set,
     also when the last batch is smaller (200 samples, batches of 64: the last one has 8)."""
-    from sweeplab.data import load_dataset
-    from sweeplab.model import TwoLayerNet, loss_for_task
+    from sweeplab.training.data import load_dataset
+    from sweeplab.training.model import TwoLayerNet, loss_for_task
 
     cfg = make_config(f"data={task}")
     data = load_dataset(cfg.data)
@@ -223,8 +225,13 @@ def test_epoch_metrics_are_the_training_set_means(make_config, task, manual):
     net = TwoLayerNet(data.n_features, 5, data.n_outputs, "tanh")
     frozen = torch.optim.SGD(net.parameters(), lr=0.0)
     loss_fn = loss_for_task(data.task)
+    steps = (
+        fast.ManualSteps(ManualBackprop(net, data.task), frozen)
+        if manual
+        else trainer.AutogradSteps(net, frozen, loss_fn)
+    )
     loss, acc = trainer.train_one_epoch(
-        net, frozen, loss_fn, data, 64, torch.Generator().manual_seed(0), manual
+        net, steps, loss_fn, data, 64, torch.Generator().manual_seed(0)
     )
     expected_loss, expected_acc = trainer.evaluate(
         net, loss_fn, data.x_train, data.y_train, data.task

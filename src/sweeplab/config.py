@@ -1,9 +1,10 @@
-"""Typed configuration: the schemas behind `conf/`, their checks, and where output goes.
+"""Typed configuration: the schemas behind `conf/`, every value check, and where output goes.
 
-Hydra composes the YAML files in `conf/` on top of these dataclasses (stored in its ConfigStore by
+The schemas hold every default (a YAML file in `conf/` states only what differs from them). Hydra
+composes the YAML files on top of these dataclasses (stored in its ConfigStore by
 `register_configs`), so an unknown key or a wrong type fails at compose time with Hydra's message
-naming the key. `to_config` then turns the composed DictConfig into plain dataclasses and checks
-what a type cannot say (ranges, known names), so bad values fail before any work starts:
+naming the key. `to_config` then turns the composed DictConfig into plain dataclasses and runs
+`validate`, the one place where values are checked, so bad values fail before any work starts:
 
     cfg = to_config(composed)      # raises ConfigError("model.d_hidden=0: must be >= 1")
 
@@ -14,15 +15,21 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu")
 DEVICES = ("auto", "cpu", "cuda")
+BACKWARDS = ("auto", "manual", "autograd")
+LR_SCHEDULES = ("none", "cosine", "step")
+DIRECTIONS = ("maximize", "minimize")
+EPOCH_METRICS = ("val/acc", "val/loss", "train/acc", "train/loss")  # what a sweep may optimise
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -41,24 +48,8 @@ def output_dir() -> Path:
     return Path(os.environ.get("SWEEPLAB_OUTPUT") or PROJECT_ROOT / "outputs").resolve()
 
 
-def run_cli(hydra_main: Callable[[], None]) -> None:
-    """A command's entry point: store the schemas, check the output folder (a one-line error and
-    exit code 2 if it is unusable), then let Hydra compose the config and call `hydra_main`."""
-    import sys
-
-    register_configs()
-    try:
-        ensure_output_dir()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    hydra_main()
-
-
 def ensure_output_dir() -> Path:
     """Create the output folder and prove it writable, so a bad one fails before any work."""
-    import tempfile
-
     folder = output_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -72,12 +63,20 @@ def ensure_output_dir() -> Path:
     return folder
 
 
-# --- data -------------------------------------------------------------------------------------
+def store_uri(cfg: TrackingConfig) -> str:
+    """The tracking URI to use: the configured one, or the project's SQLite store."""
+    return cfg.uri or f"sqlite:///{output_dir() / 'mlflow.db'}"
+
+
+# data: each schema names the function that builds its Dataset (sweeplab.training.data)
 
 
 @dataclass
 class DataConfig:
-    name: str = MISSING  # which loader in sweeplab.data builds it
+    task: ClassVar[str]  # binary | multiclass | regression: decides the loss and the metrics
+    has_images: ClassVar[bool] = False  # each row of x is an image (augmentations apply)
+    loader: ClassVar[str]  # the function that builds the Dataset from this config
+    name: str = MISSING  # the dataset, as named in the run's tags and params
     seed: int = 0  # seeds the data itself (sampling, label noise), not the training
 
 
@@ -92,12 +91,21 @@ class SampledDataConfig(DataConfig):
 
 @dataclass
 class SyntheticDataConfig(SampledDataConfig):
+    """The lecture's motivating task: 2-D points uniform in [0,1]^2, label 1 inside a convex
+    quadrilateral (four half-planes): not linearly separable, solvable by 4 sigmoid units."""
+
+    task: ClassVar[str] = "binary"
+    loader: ClassVar[str] = "sweeplab.training.data.make_synthetic"
     name: str = "synthetic"
     noise: float = 0.0  # probability that a label is flipped
 
 
 @dataclass
 class RegressionDataConfig(SampledDataConfig):
+    """K smooth nonlinear functions of a 2-D input plus Gaussian noise (the squared-error loss)."""
+
+    task: ClassVar[str] = "regression"
+    loader: ClassVar[str] = "sweeplab.training.data.make_regression"
     name: str = "regression"
     n_train: int = 1000
     noise: float = 0.05  # std of the Gaussian noise added to the targets
@@ -106,6 +114,12 @@ class RegressionDataConfig(SampledDataConfig):
 
 @dataclass
 class MnistDataConfig(DataConfig):
+    """28x28 digits flattened to 784 features in [0,1], 10 classes: the first n_train official
+    training images / the last n_val of them (validation) / the official 10,000 test images."""
+
+    task: ClassVar[str] = "multiclass"
+    has_images: ClassVar[bool] = True
+    loader: ClassVar[str] = "sweeplab.training.data.load_mnist_dataset"
     name: str = "mnist"
     root: str | None = None  # cache folder; null = <project>/data/mnist
     n_train: int = 50000  # the first n_train of the official 60,000 training images
@@ -122,41 +136,50 @@ class MnistDataConfig(DataConfig):
 
 @dataclass
 class IdxDataConfig(DataConfig):
+    """Any image dataset in MNIST's IDX format (Fashion-MNIST, KMNIST, EMNIST...): four files,
+    gzipped or not; the number of classes is read from the labels."""
+
+    task: ClassVar[str] = "multiclass"
+    has_images: ClassVar[bool] = True
+    loader: ClassVar[str] = "sweeplab.training.data.load_idx_dataset"
     name: str = "idx"
     root: str = MISSING  # the folder holding the four IDX files (.gz or not)
     n_train: int | None = None  # null = all training images but the last n_val
     n_val: int = 10000
-    normalize: bool = False
+    normalize: bool = False  # standardise pixels with the training mean and std
     train_images: str = "train-images-idx3-ubyte"
     train_labels: str = "train-labels-idx1-ubyte"
     test_images: str = "t10k-images-idx3-ubyte"
     test_labels: str = "t10k-labels-idx1-ubyte"
 
 
-# --- model ------------------------------------------------------------------------------------
-
-
 @dataclass
 class ModelConfig:
+    """The 2-layer network: x -> h_H(W_H x + b_H) -> W_O a_H + b_O (logits; the loss comes from
+    the task)."""
+
     d_hidden: int = 4  # d_H, the number of hidden units
     activation: str = "sigmoid"  # hidden activation h_H: sigmoid | tanh | relu
     dropout: float = 0.0  # probability of zeroing a hidden unit while training; 0 = off
     input_dropout: float = 0.0  # probability of zeroing an input feature while training; 0 = off
 
 
-# --- optimizer --------------------------------------------------------------------------------
+# optimizers: `_target_` is the torch.optim class; every other field is one of its arguments
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = MISSING  # a torch.optim class, by its lower-case name
+    name: str = MISSING  # the option of the optimizer group (conf/optimizer/<name>.yaml)
+    _target_: str = MISSING  # the torch.optim class
     lr: float = 1e-3
-    weight_decay: float = 0.0  # L2 regularisation, as the seed suggests
+    weight_decay: float = 0.0  # L2 regularisation, as the lecture suggests
 
 
 @dataclass
 class AdamConfig(OptimizerConfig):
     name: str = "adam"
+    _target_: str = "torch.optim.Adam"
+    lr: float = 0.01  # the lecture's first demo (torch's own default is 1e-3)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     amsgrad: bool = False
@@ -165,14 +188,17 @@ class AdamConfig(OptimizerConfig):
 @dataclass
 class AdamWConfig(AdamConfig):
     name: str = "adamw"
+    _target_: str = "torch.optim.AdamW"
+    lr: float = 1e-3
     weight_decay: float = 0.01  # decoupled weight decay
 
 
 @dataclass
 class SGDConfig(OptimizerConfig):
     name: str = "sgd"
+    _target_: str = "torch.optim.SGD"
     lr: float = 0.1
-    momentum: float = 0.0
+    momentum: float = 0.9  # torch's own default is 0 (plain SGD)
     nesterov: bool = False  # needs momentum > 0
     dampening: float = 0.0
 
@@ -180,7 +206,8 @@ class SGDConfig(OptimizerConfig):
 @dataclass
 class RMSpropConfig(OptimizerConfig):
     name: str = "rmsprop"
-    alpha: float = 0.99
+    _target_: str = "torch.optim.RMSprop"
+    alpha: float = 0.99  # smoothing of the squared-gradient average
     eps: float = 1e-8
     momentum: float = 0.0
     centered: bool = False
@@ -189,25 +216,26 @@ class RMSpropConfig(OptimizerConfig):
 @dataclass
 class AdagradConfig(OptimizerConfig):
     name: str = "adagrad"
+    _target_: str = "torch.optim.Adagrad"
     lr: float = 1e-2
     lr_decay: float = 0.0
     eps: float = 1e-10
     initial_accumulator_value: float = 0.0
 
 
-# --- trainer and tracking ---------------------------------------------------------------------
-
-
 @dataclass
 class TrainerConfig:
-    batch_size: int = 100  # B: each epoch makes ceil(n_train / B) steps
+    batch_size: int = 100  # B: each epoch reshuffles and makes ceil(n_train / B) steps
     epochs: int = 1000
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    num_threads: int = 0  # torch CPU threads; 0 = 1 for a small step, else torch's default
+    # torch CPU threads; 0 = 1 for a small step (B x widest layer < 16384), else torch's default
+    # (a sweep worker: its share of the cores)
+    num_threads: int = 0
     eval_batch_size: int = 8192  # evaluation runs in chunks of this size
-    # auto (manual where it applies) | manual (the seed's equations) | autograd
+    # auto: the lecture's hand-derived gradients where they apply | manual | autograd
     backward: str = "auto"
-    # hand-derived gradients + Adam/AdamW on the CPU: the steps run in a C++ loop (sweeplab.native)
+    # hand-derived gradients + Adam/AdamW on the CPU: the steps run in a C++ loop (same numbers,
+    # less overhead; sweeplab.training.fast); false = the Python loop
     native: bool = True
     lr_schedule: str = (
         "none"  # none | cosine (to 0 over the epochs) | step (x gamma every step_size)
@@ -216,25 +244,23 @@ class TrainerConfig:
     step_size: int = 30  # step schedule: epochs between decays
     gamma: float = 0.1  # step schedule: decay factor
     shift_pixels: int = 0  # image data: move each training image by up to this many pixels; 0 = off
-    divergence_ratio: float = 100.0  # stop when train/loss > this x max(initial loss, 1); 0 = off
+    # stop when train/loss > this x max(untrained loss, 1); NaN/inf always stop; 0 = off
+    divergence_ratio: float = 100.0
     progress: bool = True  # a progress bar on a terminal; always quiet when not a TTY
 
 
 @dataclass
 class TrackingConfig:
     uri: str | None = None  # MLflow tracking URI; null = SQLite store under the output folder
-    experiment: str = "sweeplab"
+    experiment: str = "sweeplab"  # the MLflow experiment the run goes to
     run_name: str | None = None  # null = a name made from the config
-    log_plots: bool = True  # learning curves, decision region, hidden units
+    log_plots: bool = True  # learning curves, decision region, hidden units, MNIST pictures
     log_model: bool = True  # the trained state_dict
     # metrics of every Nth epoch (and of the last one) go to MLflow; 1 = every epoch
     log_every_n_epochs: int = 1
     # per-epoch metrics are written by a helper process while training goes on (MLflow's SQL
-    # store costs ~65 us of CPU per value); false = written by the training process itself
+    # store is slow per value); false = written by the training process itself
     background_metrics: bool = True
-
-
-# --- sweep ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -247,7 +273,9 @@ class SweepConfig:
     n_trials: int = 20  # total budget: finished trials of earlier invocations count
     timeout: float | None = None  # seconds per invocation, then no new trial starts
     storage: str | None = None  # null = a journal file under outputs/optuna; or an RDB URL
+    # {name: tpe|random|cmaes|qmc|grid, ...} or {_target_: any sampler class, ...}
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": 0})
+    # {name: median|hyperband|successive_halving|none, ...} or {_target_: any pruner class, ...}
     pruner: dict[str, Any] = field(
         default_factory=lambda: {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 3}
     )
@@ -264,30 +292,24 @@ class Config:
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
-    seed: int = 0  # seeds weight initialisation and mini-batch order
+    seed: int = 0  # seeds weight initialisation and mini-batch order (data.seed seeds the data)
     sweep: SweepConfig | None = None  # the study; only `python -m sweeplab.sweep` reads it
     optimized_metric: str | None = None  # lightning-hydra-template's name for sweep.objective
 
 
+# a group's options: the key is the schema's `name`, so each is stated once
 DATA_SCHEMAS: dict[str, type[DataConfig]] = {
-    "synthetic": SyntheticDataConfig,
-    "regression": RegressionDataConfig,
-    "mnist": MnistDataConfig,
-    "idx": IdxDataConfig,
+    schema.name: schema
+    for schema in (SyntheticDataConfig, RegressionDataConfig, MnistDataConfig, IdxDataConfig)
 }
 OPTIMIZER_SCHEMAS: dict[str, type[OptimizerConfig]] = {
-    "adam": AdamConfig,
-    "adamw": AdamWConfig,
-    "sgd": SGDConfig,
-    "rmsprop": RMSpropConfig,
-    "adagrad": AdagradConfig,
+    schema.name: schema
+    for schema in (AdamConfig, AdamWConfig, SGDConfig, RMSpropConfig, AdagradConfig)
 }
 
 
 def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore; call once before composing."""
-    from hydra.core.config_store import ConfigStore
-
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
     for name, schema in DATA_SCHEMAS.items():
@@ -307,8 +329,6 @@ def to_config(composed: DictConfig | dict) -> Config:
     Accepts Hydra's typed result as well as an untyped one read back from a YAML file: the
     `data.name` and `optimizer.name` pick the schema. Raises ConfigError naming the bad key.
     """
-    from omegaconf.errors import OmegaConfBaseException
-
     # Re-typed from plain values: a DictConfig that Hydra already typed would let keys added with
     # `+key=value` through the merge unchecked.
     plain = (
@@ -360,9 +380,22 @@ def _require(ok: bool, key: str, value: Any, rule: str) -> None:
         raise ConfigError(f"{key}={value!r}: {rule}")
 
 
+def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, key, value, f"must be one of {', '.join(allowed)}")
+
+
 def validate(cfg: Config) -> None:
     """Check the values a type cannot; raise ConfigError('key=value: rule') on the first bad one."""
-    data = cfg.data
+    _check_data(cfg.data)
+    _check_model(cfg.model)
+    _check_optimizer(cfg.optimizer)
+    _check_trainer(cfg.trainer, cfg)
+    _check_tracking(cfg.tracking)
+    if cfg.sweep is not None:
+        _check_sweep(cfg.sweep, cfg)
+
+
+def _check_data(data: DataConfig) -> None:
     for split in ("n_train", "n_val", "n_test"):
         value = getattr(data, split, None)
         if value is not None:
@@ -380,24 +413,16 @@ def validate(cfg: Config) -> None:
         _require(data.noise >= 0, "data.noise", data.noise, "must be >= 0")
         _require(data.n_outputs >= 1, "data.n_outputs", data.n_outputs, "must be >= 1")
 
-    model = cfg.model
+
+def _check_model(model: ModelConfig) -> None:
     _require(model.d_hidden >= 1, "model.d_hidden", model.d_hidden, "must be >= 1")
-    _require(
-        model.activation in ACTIVATIONS,
-        "model.activation",
-        model.activation,
-        f"must be one of {', '.join(ACTIVATIONS)}",
-    )
+    _one_of("model.activation", model.activation, ACTIVATIONS)
+    for key in ("dropout", "input_dropout"):
+        value = getattr(model, key)
+        _require(0 <= value < 1, f"model.{key}", value, "must be in [0, 1)")
 
-    _require(0 <= model.dropout < 1, "model.dropout", model.dropout, "must be in [0, 1)")
-    _require(
-        0 <= model.input_dropout < 1,
-        "model.input_dropout",
-        model.input_dropout,
-        "must be in [0, 1)",
-    )
 
-    opt = cfg.optimizer
+def _check_optimizer(opt: OptimizerConfig) -> None:
     _require(math.isfinite(opt.lr) and opt.lr > 0, "optimizer.lr", opt.lr, "must be > 0")
     _require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, "must be >= 0")
     if hasattr(opt, "momentum"):
@@ -417,21 +442,13 @@ def validate(cfg: Config) -> None:
             "must be two numbers in [0, 1)",
         )
 
-    trainer = cfg.trainer
-    _require(trainer.batch_size >= 1, "trainer.batch_size", trainer.batch_size, "must be >= 1")
-    _require(trainer.epochs >= 1, "trainer.epochs", trainer.epochs, "must be >= 1")
-    _require(
-        trainer.eval_batch_size >= 1,
-        "trainer.eval_batch_size",
-        trainer.eval_batch_size,
-        "must be >= 1",
-    )
-    _require(
-        trainer.backward in ("auto", "manual", "autograd"),
-        "trainer.backward",
-        trainer.backward,
-        "must be auto, manual or autograd",
-    )
+
+def _check_trainer(trainer: TrainerConfig, cfg: Config) -> None:
+    for key in ("batch_size", "epochs", "eval_batch_size", "step_size"):
+        _require(
+            getattr(trainer, key) >= 1, f"trainer.{key}", getattr(trainer, key), "must be >= 1"
+        )
+    _one_of("trainer.backward", trainer.backward, BACKWARDS)
     _require(
         not (trainer.backward == "manual" and (cfg.model.dropout or cfg.model.input_dropout)),
         "trainer.backward",
@@ -439,12 +456,7 @@ def validate(cfg: Config) -> None:
         "the hand-derived gradients do not cover dropout (model.dropout, model.input_dropout);"
         " use auto or autograd",
     )
-    _require(
-        trainer.lr_schedule in ("none", "cosine", "step"),
-        "trainer.lr_schedule",
-        trainer.lr_schedule,
-        "must be none, cosine or step",
-    )
+    _one_of("trainer.lr_schedule", trainer.lr_schedule, LR_SCHEDULES)
     _require(
         0 <= trainer.warmup_epochs < trainer.epochs,
         "trainer.warmup_epochs",
@@ -457,7 +469,6 @@ def validate(cfg: Config) -> None:
         trainer.divergence_ratio,
         "must be >= 0 (0 turns the check off)",
     )
-    _require(trainer.step_size >= 1, "trainer.step_size", trainer.step_size, "must be >= 1")
     _require(0 < trainer.gamma <= 1, "trainer.gamma", trainer.gamma, "must be in (0, 1]")
     _require(trainer.num_threads >= 0, "trainer.num_threads", trainer.num_threads, "must be >= 0")
     _require(
@@ -467,10 +478,10 @@ def validate(cfg: Config) -> None:
         "must be in [0, 8]",
     )
     _require(
-        trainer.shift_pixels == 0 or cfg.data.name in ("mnist", "idx"),
+        trainer.shift_pixels == 0 or cfg.data.has_images,
         "trainer.shift_pixels",
         trainer.shift_pixels,
-        f"moves images; data={cfg.data.name} has none (use data=mnist or data=idx)",
+        f"moves images; data={cfg.data.name} has none (use an image dataset: data=mnist, data=idx)",
     )
     _require(
         trainer.device in DEVICES or trainer.device.startswith("cuda:"),
@@ -478,9 +489,58 @@ def validate(cfg: Config) -> None:
         trainer.device,
         "must be auto, cpu, cuda or cuda:N",
     )
-    _require(bool(cfg.tracking.experiment), "tracking.experiment", "", "must not be empty")
-    every = cfg.tracking.log_every_n_epochs
+
+
+def _check_tracking(tracking: TrackingConfig) -> None:
+    _require(bool(tracking.experiment), "tracking.experiment", "", "must not be empty")
+    every = tracking.log_every_n_epochs
     _require(every >= 1, "tracking.log_every_n_epochs", every, "must be >= 1")
+
+
+def sweep_objective(cfg: Config) -> str:
+    """The metric a sweep optimises: `sweep.objective`, else `optimized_metric`, else val/acc."""
+    return (cfg.sweep and cfg.sweep.objective) or cfg.optimized_metric or "val/acc"
+
+
+def _check_sweep(sweep: SweepConfig, cfg: Config) -> None:
+    _one_of("sweep.direction", sweep.direction, DIRECTIONS)
+    objective = sweep_objective(cfg)
+    _require(
+        objective in EPOCH_METRICS,
+        "sweep.objective",
+        objective,
+        f"must be a per-epoch metric: {', '.join(EPOCH_METRICS)}"
+        " (sweeps select on validation; test metrics are reported, never optimised)",
+    )
+    _require(
+        not (objective.endswith("/loss") and sweep.direction == "maximize"),
+        "sweep.direction",
+        sweep.direction,
+        f"{objective} is a loss, minimize it",
+    )
+    _require(
+        not (objective.endswith("/acc") and cfg.data.task == "regression"),
+        "sweep.objective",
+        objective,
+        f"data={cfg.data.name} is a regression task: it has no accuracy",
+    )
+    for key in ("n_trials", "workers"):
+        _require(getattr(sweep, key) >= 1, f"sweep.{key}", getattr(sweep, key), "must be >= 1")
+    _require(
+        sweep.n_jobs is None or sweep.n_jobs >= 1, "sweep.n_jobs", sweep.n_jobs, "must be >= 1"
+    )
+    _require(
+        0 <= sweep.max_failure_rate <= 1,
+        "sweep.max_failure_rate",
+        sweep.max_failure_rate,
+        "must be in [0, 1]",
+    )
+    _require(
+        sweep.timeout is None or sweep.timeout > 0,
+        "sweep.timeout",
+        sweep.timeout,
+        "must be > 0 seconds (or null)",
+    )
 
 
 def to_yaml(cfg: Config) -> str:

@@ -1,14 +1,14 @@
-"""Experiment reports: a README.md with figures, generated from the MLflow runs of an experiment.
+"""Reports: a README.md with figures, generated from MLflow runs.
 
-    python -m sweeplab.report                    # every experiments/<name>/experiment.yaml
-    python -m sweeplab.report seed_mnist         # one of them
-    python -m sweeplab.report --run seed_mnist   # run its commands first, then write the report
-    make report [EXP=seed_mnist]  /  make experiments [EXP=...]
+    python -m sweeplab.report                       # every reports/<name>/report.yaml
+    python -m sweeplab.report lecture_mnist         # one of them
+    python -m sweeplab.report --run lecture_mnist   # run its commands first, then write it
+    make report [REPORT=lecture_mnist]  /  make reports [REPORT=...]
 
-An experiment is a folder with an `experiment.yaml`: a title, an introduction, the commands that
-make its runs (`sweeplab.train ...` / `sweeplab.sweep ...`, run as `python -m`) and the sections of
-its report. Every number and figure in a report comes from the MLflow store (the latest finished
-run or study of the named MLflow experiment), never from the YAML. Section kinds:
+A report is a folder with a `report.yaml`: a title, an introduction, the commands that make its
+runs (`sweeplab.train ...` / `sweeplab.sweep ...`, run as `python -m`) and its sections. Every
+number and figure in a report comes from the MLflow store (the latest finished run or study of
+the MLflow experiment a section names), never from the YAML. Section kinds:
 
 - `run`: one training run: its recipe, final metrics, wall time, an epoch table, its plots;
 - `grid`: a study's trials as `metric` against one parameter, a line per value of another;
@@ -31,15 +31,18 @@ import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sweeplab.config import PROJECT_ROOT
+import yaml
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-if TYPE_CHECKING:
-    from mlflow.entities import Run
-    from mlflow.tracking import MlflowClient
+from sweeplab.config import PROJECT_ROOT, TrackingConfig, store_uri
+from sweeplab.figures import pyplot
+from sweeplab.provenance import environment_tags, git_commit
 
-EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+REPORTS_DIR = PROJECT_ROOT / "reports"
 SECTION_KINDS = ("run", "grid", "sweep", "references")
 REQUIRED_KEYS = {
     "run": ("experiment",),
@@ -65,14 +68,11 @@ RUN_TABLE_PARAMS = (
 
 
 class ReportError(RuntimeError):
-    """An experiment cannot be reported: a bad experiment.yaml, or its runs are missing."""
-
-
-# --- the experiment definition --------------------------------------------------------------------
+    """A report cannot be written: a bad report.yaml, or its runs are missing."""
 
 
 @dataclass
-class Experiment:
+class Report:
     name: str
     folder: Path
     title: str
@@ -81,13 +81,11 @@ class Experiment:
     sections: list[dict[str, Any]]
 
 
-def load_experiment(folder: Path) -> Experiment:
-    """Read and check `folder/experiment.yaml`; errors name the file and the key."""
-    import yaml
-
-    path = folder / "experiment.yaml"
+def load_report(folder: Path) -> Report:
+    """Read and check `folder/report.yaml`; errors name the file and the key."""
+    path = folder / "report.yaml"
     if not path.is_file():
-        raise ReportError(f"{path}: no such file (an experiment folder needs experiment.yaml)")
+        raise ReportError(f"{path}: no such file (a report folder needs report.yaml)")
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -114,7 +112,7 @@ def load_experiment(folder: Path) -> Experiment:
             raise ReportError(
                 f"{path}: commands: {command!r}: must start with sweeplab.train or sweeplab.sweep"
             )
-    return Experiment(
+    return Report(
         folder.name,
         folder,
         spec.get("title", folder.name),
@@ -124,16 +122,16 @@ def load_experiment(folder: Path) -> Experiment:
     )
 
 
-def run_commands(experiment: Experiment, uri: str | None = None) -> None:
-    """Make the experiment's runs: each command as `python -m <command>`, stopping at a failure."""
-    for command in experiment.commands:
+def run_commands(report: Report, uri: str | None = None) -> None:
+    """Make the report's runs: each command as `python -m <command>`, stopping at a failure."""
+    for command in report.commands:
         argv = [sys.executable, "-m", *shlex.split(command)]
         if uri:
             argv.append(f"tracking.uri={uri}")
-        print(f"[{experiment.name}] python -m {command}", flush=True)
+        print(f"[{report.name}] python -m {command}", flush=True)
         done = subprocess.run(argv, cwd=PROJECT_ROOT)
         if done.returncode != 0:
-            raise ReportError(f"[{experiment.name}] `python -m {command}` exited {done.returncode}")
+            raise ReportError(f"[{report.name}] `python -m {command}` exited {done.returncode}")
 
 
 # --- reading the MLflow store ---------------------------------------------------------------------
@@ -187,8 +185,6 @@ class Store:
 
     def artifact(self, run_id: str, path: str, to: Path) -> Path | None:
         """Copy one artifact of a run to `to`; None if the run has no such artifact."""
-        from mlflow.exceptions import MlflowException
-
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 local = self.client.download_artifacts(run_id, path, tmp)
@@ -226,14 +222,14 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 class Page:
     """The report being written: markdown parts, figures, and the runs it drew from."""
 
-    experiment: Experiment
+    report: Report
     store: Store
     parts: list[str] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
 
     @property
     def figures(self) -> Path:
-        return self.experiment.folder / "figures"
+        return self.report.folder / "figures"
 
     def figure(self, name: str, caption: str) -> None:
         self.parts.append(f"![{caption}](figures/{name})\n")
@@ -313,7 +309,7 @@ def section_run(page: Page, spec: dict[str, Any]) -> None:
 
 def output_weights(store: Store, run_id: str) -> list[float]:
     """W_O of a binary-output network, from the run's logged state_dict."""
-    import torch
+    import torch  # seconds to import, for this one section: not at the report's start-up
 
     with tempfile.TemporaryDirectory() as tmp:
         path = store.artifact(run_id, "model_state_dict.pt", Path(tmp) / "model.pt")
@@ -338,9 +334,8 @@ def section_grid(page: Page, spec: dict[str, Any]) -> None:
     if not values:
         raise ReportError(f"study run {parent.info.run_id}: no finished trial with {metric}")
     xs = sorted({x for per_x in values.values() for x in per_x})
-    from sweeplab.plots import _pyplot  # matplotlib and torch only when a figure is drawn
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for series, per_x in sorted(values.items()):
         points = sorted(per_x)
@@ -495,9 +490,8 @@ def progress_figure(
     complete = [d for d in done if d[3] == "COMPLETE"]
     if not complete:
         return
-    from sweeplab.plots import _pyplot  # matplotlib and torch only when a figure is drawn
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.scatter([d[0] for d in complete], [d[1] for d in complete], s=14, label=f"trial {objective}")
     pruned = [d for d in done if d[3] == "PRUNED"]
@@ -603,14 +597,12 @@ SECTIONS = {
 
 
 def provenance(page: Page) -> str:
-    from sweeplab.tracking import environment_tags, git_commit
-
     made_on = environment_tags()
     lines = [
         "## How this report was made",
         "",
-        f"Generated by `make report EXP={page.experiment.name}` "
-        f"(`python -m sweeplab.report {page.experiment.name}`) on "
+        f"Generated by `make report REPORT={page.report.name}` "
+        f"(`python -m sweeplab.report {page.report.name}`) on "
         f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} at commit "
         f"`{git_commit() or 'unknown'}`, on {made_on['sweeplab.machine']}.",
         "",
@@ -646,60 +638,55 @@ def _any_trial_tags(store: Store, parent: Run) -> dict[str, str]:
     return found[0].data.tags if found else {}
 
 
-def write_report(experiment: Experiment, store: Store) -> Path:
-    """Regenerate experiment.folder/README.md and figures/ from the store."""
-    page = Page(experiment, store)
+def write_report(report: Report, store: Store) -> Path:
+    """Regenerate report.folder/README.md and figures/ from the store."""
+    page = Page(report, store)
     if page.figures.exists():
         shutil.rmtree(page.figures)  # no figure of an older report survives
-    page.parts.append(f"# {experiment.title}\n")
+    page.parts.append(f"# {report.title}\n")
     page.parts.append(
-        "_This file is generated from the experiment's MLflow runs by "
-        f"`make report EXP={experiment.name}`; edit `experiment.yaml`, not this file._\n"
+        "_This file is generated from the MLflow runs by "
+        f"`make report REPORT={report.name}`; edit `report.yaml`, not this file._\n"
     )
-    if experiment.intro:
-        page.parts.append(experiment.intro.strip() + "\n")
-    if experiment.commands:
-        commands = "\n".join(f"python -m {c}" for c in experiment.commands)
+    if report.intro:
+        page.parts.append(report.intro.strip() + "\n")
+    if report.commands:
+        commands = "\n".join(f"python -m {c}" for c in report.commands)
         page.parts.append(
-            f"Reproduce (`make experiments EXP={experiment.name}` runs these, then the report):\n\n"
+            f"Reproduce (`make reports REPORT={report.name}` runs these, then the report):\n\n"
             f"```bash\n{commands}\n```\n"
         )
-    for spec in experiment.sections:
+    for spec in report.sections:
         if title := spec.get("title"):
             page.parts.append(f"## {title}\n")
         if text := spec.get("text"):
             page.parts.append(text.strip() + "\n")
         SECTIONS[spec["kind"]](page, spec)
     page.parts.append(provenance(page))
-    path = experiment.folder / "README.md"
+    path = report.folder / "README.md"
     path.write_text("\n".join(page.parts))
     return path
 
 
 def open_store(uri: str | None) -> Store:
-    from mlflow.tracking import MlflowClient
-
-    from sweeplab.config import TrackingConfig
-    from sweeplab.tracking import store_uri
-
     resolved = store_uri(TrackingConfig(uri=uri))
     if resolved.startswith("sqlite:///") and not Path(resolved.removeprefix("sqlite:///")).exists():
-        raise ReportError(f"no MLflow store at {resolved}; make the runs first (make experiments)")
+        raise ReportError(f"no MLflow store at {resolved}; make the runs first (make reports)")
     return Store(MlflowClient(tracking_uri=resolved), resolved)
 
 
-def experiment_folders(root: Path, names: list[str]) -> list[Path]:
+def report_folders(root: Path, names: list[str]) -> list[Path]:
     if not names:
-        found = sorted(p.parent for p in root.glob("*/experiment.yaml"))
+        found = sorted(p.parent for p in root.glob("*/report.yaml"))
         if not found:
-            raise ReportError(f"{root}: no experiment folder (<name>/experiment.yaml)")
+            raise ReportError(f"{root}: no report folder (<name>/report.yaml)")
         return found
     folders = []
     for name in names:
         folder = root / name
-        if not (folder / "experiment.yaml").is_file():
-            known = ", ".join(sorted(p.parent.name for p in root.glob("*/experiment.yaml")))
-            raise ReportError(f"EXP={name}: no {folder}/experiment.yaml (experiments: {known})")
+        if not (folder / "report.yaml").is_file():
+            known = ", ".join(sorted(p.parent.name for p in root.glob("*/report.yaml")))
+            raise ReportError(f"REPORT={name}: no {folder}/report.yaml (reports: {known})")
         folders.append(folder)
     return folders
 
@@ -708,20 +695,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sweeplab.report", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("names", nargs="*", help="experiment folders (default: all)")
-    parser.add_argument("--run", action="store_true", help="run the experiments' commands first")
+    parser.add_argument("names", nargs="*", help="report folders (default: all)")
+    parser.add_argument("--run", action="store_true", help="run the reports' commands first")
     parser.add_argument("--uri", help="MLflow tracking URI (default: the project's SQLite store)")
-    parser.add_argument("--root", type=Path, default=EXPERIMENTS_DIR, help="experiments folder")
+    parser.add_argument("--root", type=Path, default=REPORTS_DIR, help="reports folder")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per figure
     try:
-        experiments = [load_experiment(f) for f in experiment_folders(args.root, args.names)]
+        reports = [load_report(f) for f in report_folders(args.root, args.names)]
         if args.run:
-            for experiment in experiments:
-                run_commands(experiment, args.uri)
+            for report in reports:
+                run_commands(report, args.uri)
         store = open_store(args.uri)
-        for experiment in experiments:
-            path = write_report(experiment, store)
+        for report in reports:
+            path = write_report(report, store)
             print(f"wrote {path}")
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,16 +1,15 @@
 """The training steps of an epoch in C++ (native_loop.cpp): the hand-derived gradients and Adam.
 
-    python -m sweeplab.native        # build it now (make install does); prints where it lives
+    python -m sweeplab.training.fast.native    # build it now (make install does); prints where
 
-With `trainer.backward` manual (or auto where it applies), Adam/AdamW and the data on the CPU,
-the trainer hands the rest of each epoch's steps to `train_steps`, which makes exactly the ATen
-calls of the Python loop (weights bit-identical, tested) in one C++ loop: at MNIST d_H=100 the
-~15 calls of a step cost ~50 us less without Python in between, ~12 % of the epoch.
+`train_steps` makes exactly the ATen calls of the Python loop (`ManualBackprop`, then
+`LeanAdam`'s step; weights bit-identical, tested) in one C++ loop over an epoch's batches: what
+goes away is Python's cost around each of a step's ~15 calls.
 
-torch.utils.cpp_extension compiles it on first use (a C++ compiler and ninja are needed; ~20 s
-once per machine, torch and Python version; kept in $TORCH_EXTENSIONS_DIR, default
+torch.utils.cpp_extension compiles it on first use (a C++ compiler and ninja are needed; once per
+machine, torch and Python version; kept in $TORCH_EXTENSIONS_DIR, default
 ~/.cache/torch_extensions). Where it cannot be built the trainer keeps the Python loop and says
-why, once. `trainer.native=false` turns it off.
+why, once.
 """
 
 from __future__ import annotations
@@ -26,13 +25,13 @@ from types import ModuleType
 
 import torch
 
-from sweeplab.model import ManualBackprop
-from sweeplab.optim import LeanAdam
+from sweeplab.training.fast.backprop import ManualBackprop
+from sweeplab.training.fast.lean_adam import LeanAdam
 
 SOURCE = Path(__file__).with_name("native_loop.cpp")
 TASKS = {"binary": 0, "multiclass": 1, "regression": 2}
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2}
-STALE_LOCK_S = 600  # a build takes ~20 s; a build lock this old was left by a killed process
+STALE_LOCK_S = 600  # a build takes seconds; a build lock this old was left by a killed process
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +81,11 @@ def train_steps(
     y_shuffled: torch.Tensor,
     logits: torch.Tensor,
     batch_size: int,
-    start: int,
 ) -> bool:
-    """Train on the batches order[start:start+batch_size], ... to the end of the epoch in C++,
-    writing each batch's logits into `logits`; False (nothing done) if this optimizer step or
-    these tensors need the Python loop (the first step, hooks, a profiler, not on the CPU, ...)."""
+    """Train on the batches order[0:batch_size], order[batch_size:2*batch_size], ... of one epoch
+    in C++, writing each batch's logits into `logits`; False (nothing done) if this optimizer
+    step or these tensors need the Python loop (no optimizer state, hooks, a profiler, not on
+    the CPU, ...)."""
     kernel = optimizer.fused_step_arguments() if isinstance(optimizer, LeanAdam) else None
     if (
         kernel is None
@@ -105,7 +104,7 @@ def train_steps(
         y_shuffled,
         logits,
         batch_size,
-        start,
+        0,  # the first batch's offset
         TASKS[backprop.task],
         ACTIVATIONS[backprop.activation_name],
         *kernel,

@@ -11,45 +11,37 @@ A sweep file's `params` maps config keys to Hydra sweep expressions:
       trainer.epochs: 50                              # a plain value: fixed for every trial
 
 `parse_space` turns them into Optuna distributions (the same mapping hydra-optuna-sweeper makes);
-`to_overrides` turns a trial's values back into Hydra overrides. Samplers and pruners are built
-from their config by name (`tpe`, `random`, `cmaes`, `qmc`, `grid`; `median`, `hyperband`,
-`successive_halving`, `none`) or by `_target_: optuna.samplers.TPESampler` as in that plugin.
+`to_overrides` turns a trial's values back into Hydra overrides.
 """
 
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweeplab.config import ConfigError
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+from hydra.errors import HydraException
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
-SAMPLERS = {
-    "tpe": "TPESampler",
-    "random": "RandomSampler",
-    "cmaes": "CmaEsSampler",
-    "qmc": "QMCSampler",
-    "grid": "GridSampler",
-}
-PRUNERS = {
-    "median": "MedianPruner",
-    "hyperband": "HyperbandPruner",
-    "successive_halving": "SuccessiveHalvingPruner",
-    "none": "NopPruner",
-}
+from sweeplab.config import ConfigError
 
 
 @dataclass
 class SearchSpace:
-    distributions: dict[str, Any] = field(default_factory=dict)  # key -> optuna distribution
+    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
     fixed: dict[str, str] = field(default_factory=dict)  # key -> value for every trial
     expressions: dict[str, str] = field(default_factory=dict)  # key -> the text from the config
 
     def grid(self) -> dict[str, list]:
         """The values of each parameter, for the grid sampler (choice and range only)."""
-        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
         grid = {}
         for key, dist in self.distributions.items():
             if isinstance(dist, CategoricalDistribution):
@@ -80,9 +72,6 @@ def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def parse_space(params: dict[str, Any]) -> SearchSpace:
     """Parse every `key: expression`; a malformed one raises ConfigError naming the key."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     parser = OverridesParser.create()
     space = SearchSpace()
     for key, expression in flatten_params(params).items():
@@ -100,11 +89,8 @@ def parse_space(params: dict[str, Any]) -> SearchSpace:
     return space
 
 
-def _distribution(key: str, text: str, override: Any) -> Any:
+def _distribution(key: str, text: str, override: Any) -> BaseDistribution:
     """hydra-optuna-sweeper's mapping from a sweep override to an Optuna distribution."""
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
     value = override.value()
     culprit = f"sweep.params.{key}={text!r}"
     if isinstance(value, ChoiceSweep):
@@ -163,10 +149,8 @@ def describe(values: dict[str, Any]) -> str:
     return " ".join(to_overrides(shown))
 
 
-def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     """Ask the trial for a value of every parameter."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-
     values = {}
     for key, dist in space.distributions.items():
         if isinstance(dist, CategoricalDistribution):
@@ -183,8 +167,6 @@ def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
 def extremes(space: SearchSpace) -> list[dict[str, Any]]:
     """Parameter sets that touch every bound and every choice: composing them checks the space
     against the config schema before any trial runs."""
-    from optuna.distributions import CategoricalDistribution
-
     low = {
         k: (d.choices[0] if isinstance(d, CategoricalDistribution) else d.low)
         for k, d in space.distributions.items()
@@ -198,69 +180,3 @@ def extremes(space: SearchSpace) -> list[dict[str, Any]]:
         if isinstance(dist, CategoricalDistribution):
             sets.extend({**low, key: choice} for choice in dist.choices[1:-1])
     return sets
-
-
-def _build(
-    kind: str, table: dict[str, str], spec: dict[str, Any], module: str
-) -> tuple[type, dict]:
-    """The class a `{name: ...}` or `{_target_: ...}` spec names, and the arguments it accepts.
-
-    Arguments the class does not take are dropped with a warning: sweep files merge with the
-    schema's defaults, so `pruner: {name: none}` also carries the median pruner's settings.
-    """
-    import importlib
-    import inspect
-
-    spec = dict(spec)
-    target = spec.pop("_target_", None)
-    name = spec.pop("name", None)
-    if target is not None:
-        if not str(target).startswith(f"{module}."):
-            raise ConfigError(f"sweep.{kind}._target_={target!r}: must name a class in {module}")
-        class_name = str(target).rsplit(".", 1)[1]
-    elif name in table:
-        class_name = table[name]
-    else:
-        raise ConfigError(f"sweep.{kind}.name={name!r}: expected one of {', '.join(table)}")
-    cls = getattr(importlib.import_module(module), class_name, None)
-    if cls is None:
-        raise ConfigError(f"sweep.{kind}: {module} has no {class_name}")
-    accepted = inspect.signature(cls).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-        from sweeplab.config import SweepConfig
-
-        schema_default = getattr(SweepConfig(), kind)  # merged in, not written by the user
-        ignored = sorted(
-            k for k in set(spec) - set(accepted) if spec[k] != schema_default.get(k, object())
-        )
-        if ignored:
-            print(
-                f"warning: sweep.{kind}: {class_name} takes no {', '.join(ignored)}; ignored",
-                file=sys.stderr,
-            )
-        spec = {k: v for k, v in spec.items() if k in accepted}
-    return cls, spec
-
-
-def make_sampler(spec: dict[str, Any], space: SearchSpace, seed_offset: int = 0) -> Any:
-    """An Optuna sampler from `{name: tpe, seed: 0, ...}`; extra workers shift the seed so that
-    they do not all propose the same points. Not the grid sampler's: its seed orders the grid,
-    and a trial's grid point is its number in that order, so every worker needs the same one."""
-    cls, kwargs = _build("sampler", SAMPLERS, spec, "optuna.samplers")
-    is_grid = cls.__name__ == "GridSampler"
-    if kwargs.get("seed") is not None:
-        kwargs["seed"] = int(kwargs["seed"]) + (0 if is_grid else seed_offset)
-    if is_grid:
-        kwargs.setdefault("search_space", space.grid())
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError, ImportError) as err:
-        raise ConfigError(f"sweep.sampler={spec}: {err}") from None
-
-
-def make_pruner(spec: dict[str, Any]) -> Any:
-    cls, kwargs = _build("pruner", PRUNERS, spec, "optuna.pruners")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"sweep.pruner={spec}: {err}") from None

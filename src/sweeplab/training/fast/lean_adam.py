@@ -1,32 +1,24 @@
-"""Optimizers and learning-rate schedules: torch.optim's, built from the typed config.
+"""Adam and AdamW with less overhead per step: torch's classes and fused kernel, called directly.
 
-`build_optimizer` picks the torch.optim class that `optimizer.name` names, with its fused or
-multi-tensor kernel; `build_schedule` chains warm-up and the per-epoch schedule from
-torch.optim.lr_scheduler.
-
-Adam and AdamW come as `LeanAdam` / `LeanAdamW`: torch's classes with the same fused kernel, whose
-`step` calls the kernel directly in the common case (every parameter has a dense gradient, state
-initialised, float learning rate, no AMSGrad). For a 2-layer network a training step takes a
-few hundred microseconds, and `torch.optim.Adam.step`'s per-call bookkeeping (grouping tensors by
-device, building lists, scalar checks) is a fair part of it: 75 us per step against 57 us here
-(MNIST, d_H=100, 2 cores), the same kernel and results. A group's step counts are views of one
-tensor, so one add counts a step for all its parameters. Anything else, and the first step, goes
-through torch's own `step`; torch's step hooks and LR schedulers see both paths alike. The
-trainer calls `step_function(optimizer)`, which also skips torch's wrapper around `step` while no
-hook or profiler needs it.
+`LeanAdam` / `LeanAdamW` are torch.optim.Adam / AdamW with `fused=True`, whose `step` calls the
+kernel directly in the common case (every parameter has a dense gradient, state initialised,
+float learning rate, no AMSGrad). For a 2-layer network a training step takes a few hundred
+microseconds, and `torch.optim.Adam.step`'s per-call bookkeeping (grouping tensors by device,
+building lists, scalar checks) is a fair part of it; the kernel and the results are the same. A
+group's step counts are views of one tensor, so one add counts a step for all its parameters.
+Anything else goes through torch's own `step`; torch's step hooks and LR schedulers see both
+paths alike. A training loop calls `step_function(optimizer)`, which also skips torch's wrapper
+around `step` while no hook or profiler needs it.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import NamedTuple
 
 import torch
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
-
-from sweeplab.config import OptimizerConfig, TrainerConfig
 
 
 class FusedStep(NamedTuple):
@@ -60,15 +52,14 @@ class LeanAdam(torch.optim.Adam):
 
     def step_unhooked(self) -> None:
         """`step()` without torch's step wrapper while nothing needs it: the wrapper labels the
-        step for a profiler and looks up step hooks, ~30 us a step (measured at d_H=100, a
-        tenth of the step). With a hook registered, a profiler running or a case the fused call
+        step for a profiler and looks up step hooks, a tenth of a small network's step. With a hook registered, a profiler running or a case the fused call
         does not cover, this is `step()` itself."""
         if self._step_wrapper_needed() or not self._lean_step():
             self.step()
 
     def fused_step_arguments(self) -> FusedStep | None:
         """What one step's kernel call takes, for a loop that makes the steps itself
-        (sweeplab.native), or None where steps must go through `step_unhooked`: a hook or a
+        (fast.native), or None where steps must go through `step_unhooked`: a hook or a
         profiler to serve, no state yet (first step), several groups, an unusual case."""
         if self._step_wrapper_needed():
             return None
@@ -205,53 +196,13 @@ class LeanAdamW(LeanAdam, torch.optim.AdamW):
     """torch.optim.AdamW(fused=True) with LeanAdam's step (decoupled weight decay)."""
 
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": LeanAdam,
-    "adamw": LeanAdamW,
-    "sgd": torch.optim.SGD,
-    "rmsprop": torch.optim.RMSprop,
-    "adagrad": torch.optim.Adagrad,
-}
-
-
 def step_function(optimizer: torch.optim.Optimizer) -> Callable[[], object]:
     """What a training loop calls to make `optimizer` step: `step`, or LeanAdam's
     `step_unhooked` (the same step, hooks and profilers included, less overhead)."""
     return optimizer.step_unhooked if isinstance(optimizer, LeanAdam) else optimizer.step
 
 
-def build_optimizer(
-    params: list[torch.nn.Parameter], cfg: OptimizerConfig
-) -> torch.optim.Optimizer:
-    """The torch.optim class named by `cfg.name`, with its fastest multi-tensor kernel."""
-    optimizer_cls = OPTIMIZERS[cfg.name]
-    kwargs = {key: value for key, value in asdict(cfg).items() if key != "name"}
-    if "betas" in kwargs:
-        kwargs["betas"] = tuple(kwargs["betas"])
-    accepted = inspect.signature(optimizer_cls).parameters
-    # fused kernels exist on CPU and CUDA for Adam/AdamW/SGD/Adagrad in torch >= 2.4
-    kwargs["fused" if "fused" in accepted else "foreach"] = True
-    return optimizer_cls(params, **kwargs)
-
-
-def build_schedule(
-    optimizer: torch.optim.Optimizer, cfg: TrainerConfig
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The per-epoch learning-rate schedule, from torch.optim.lr_scheduler; None if constant."""
-    from torch.optim import lr_scheduler
-
-    after_warmup = cfg.epochs - cfg.warmup_epochs
-    if cfg.lr_schedule == "cosine":
-        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=after_warmup)
-    elif cfg.lr_schedule == "step":
-        main = lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    else:
-        main = None
-    if cfg.warmup_epochs == 0:
-        return main
-    # epoch 1 runs at lr / warmup_epochs, epoch warmup_epochs at lr, then the schedule starts
-    warmup = lr_scheduler.LinearLR(
-        optimizer, start_factor=1 / cfg.warmup_epochs, total_iters=cfg.warmup_epochs - 1
-    )
-    then = main or lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    return lr_scheduler.SequentialLR(optimizer, [warmup, then], milestones=[cfg.warmup_epochs])
+LEAN_CLASSES: dict[type[torch.optim.Optimizer], type[torch.optim.Optimizer]] = {
+    torch.optim.Adam: LeanAdam,
+    torch.optim.AdamW: LeanAdamW,
+}

@@ -1,8 +1,8 @@
 """A helper process that writes per-epoch metrics to MLflow while training goes on.
 
-MLflow's SQL store spends ~65 us of CPU per metric value in SQLAlchemy, plus ~4 ms per call. A
-run of 2-ms epochs logging 5 metrics an epoch would spend ~15 % of its time writing them; a
-thread is no way out (measured 4x worse: it holds the GIL the training loop needs). So a run
+MLflow's SQL store spends tens of microseconds of CPU per metric value in SQLAlchemy, plus
+milliseconds per call: runs of millisecond epochs would spend much of their time writing
+metrics, and a thread is no way out (it holds the GIL the training loop needs). So a run
 hands its metrics to one helper process per training process (`shared_writer()`, started on first
 use) and goes on; `MetricWriter.sync()` waits until everything handed over is in the store.
 
@@ -17,7 +17,7 @@ batch is, and later ones go to their fallback directly (MLflow drops exact dupli
 helper runs in its own session, so Ctrl-C in the terminal does not stop it before the runs it
 writes for have ended; it leaves when the training process closes the pipe or dies.
 
-Run by the training process as `python -m sweeplab.metric_writer READ_FD WRITE_FD`.
+Run by the training process as `python -m sweeplab.training.metric_writer READ_FD WRITE_FD`.
 """
 
 from __future__ import annotations
@@ -26,17 +26,19 @@ import atexit
 import contextlib
 import fcntl
 import functools
+import gc
 import os
 import pickle
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
+from sweeplab.runtime import interrupts_deferred
 
+if TYPE_CHECKING:
     from mlflow.entities import Metric
 
 MAX_METRICS = 1000  # MLflow's limit of metrics per log_batch call
@@ -47,12 +49,10 @@ class MetricWriter:
     """The training process's end of the helper: hands batches over, collects confirmations."""
 
     def __init__(self) -> None:
-        from multiprocessing.connection import Connection
-
         to_helper_r, to_helper_w = os.pipe()
         from_helper_r, from_helper_w = os.pipe()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "sweeplab.metric_writer", str(to_helper_r), str(from_helper_w)],
+            [sys.executable, "-m", __name__, str(to_helper_r), str(from_helper_w)],
             pass_fds=(to_helper_r, from_helper_w),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -85,8 +85,6 @@ class MetricWriter:
         if self.broken:
             fallback(metrics)
             return
-        from sweeplab.train import interrupts_deferred
-
         with interrupts_deferred():  # a message cut in half would garble the pipe
             self.batches += 1
             self._unconfirmed[self.batches] = (metrics, fallback)
@@ -96,8 +94,6 @@ class MetricWriter:
 
     def sync(self) -> None:
         """Return once every batch handed over so far is in its store (or written by its fallback)."""
-        from sweeplab.train import interrupts_deferred
-
         with interrupts_deferred():
             if self._unconfirmed and not self.broken:  # the helper answers in order
                 self._exchange(wait_for=max(self._unconfirmed))
@@ -172,8 +168,7 @@ def shared_writer() -> MetricWriter:
 
 def serve(requests: Connection, replies: Connection) -> None:
     """The helper: write each batch with an MLflow client of its store and confirm it, in order."""
-    import gc
-
+    # MLflow (seconds to import) only in the helper: the training process imports this module too
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
@@ -200,8 +195,6 @@ def serve(requests: Connection, replies: Connection) -> None:
 
 
 if __name__ == "__main__":
-    from multiprocessing.connection import Connection
-
     serve(
         Connection(int(sys.argv[1]), writable=False),
         Connection(int(sys.argv[2]), readable=False),

@@ -1,5 +1,9 @@
 """MLflow tracking behind one module: one run per training, metrics per epoch, artifacts at the end.
 
+    result, run_id = train_and_track(cfg)  # what `python -m sweeplab.train` and sweep trials call
+
+which is
+
     with tracked_run(cfg) as run:          # creates the run; logs params, tags and the config YAML
         result = trainer.run(cfg, [run])   # run.on_epoch_end logs the epoch's metrics (step=epoch)
         run.log_result(result)             # test metrics, plots, model weights
@@ -11,39 +15,32 @@ under the project's output folder (`sweeplab.config.output_dir`), wherever the c
 
 from __future__ import annotations
 
-import contextlib
+import fcntl
 import functools
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from sweeplab.config import PROJECT_ROOT, Config, TrackingConfig, output_dir, to_flat_dict, to_yaml
-from sweeplab.metric_writer import MAX_METRICS
-from sweeplab.trainer import Callback, TrainResult
+import torch
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-if TYPE_CHECKING:
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    from sweeplab.metric_writer import MetricWriter
+from sweeplab.config import Config, TrackingConfig, store_uri, to_flat_dict, to_yaml
+from sweeplab.provenance import environment_tags, git_commit
+from sweeplab.training import plots, trainer
+from sweeplab.training.metric_writer import MAX_METRICS, MetricWriter, shared_writer
+from sweeplab.training.trainer import Callback, TrainResult
 
 HAND_OVER_EVERY_S = 0.1  # how often a run hands its metrics to the metric writer
-WRITE_EVERY_S = 1.0  # or writes them itself (4 ms per call on SQLite, plus ~65 us a value)
+WRITE_EVERY_S = 1.0  # or writes them itself (each call costs milliseconds on SQLite)
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 MAX_BATCH = 100  # MLflow's limit of params or tags per log_batch call
-
-
-def store_uri(cfg: TrackingConfig) -> str:
-    """The tracking URI to use: the configured one, or the project's SQLite store."""
-    return cfg.uri or f"sqlite:///{output_dir() / 'mlflow.db'}"
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -62,9 +59,6 @@ def client_for(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
 @functools.lru_cache(maxsize=8)
 def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """A client for `uri` and the id of `experiment` (created if new). Done once per process."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     with _store_lock(uri):  # processes creating a new SQLite store at once would race
         client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)
@@ -85,8 +79,6 @@ def _store_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
-
     db = Path(uri.removeprefix("sqlite:///"))
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -98,53 +90,6 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
 
 
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    """The checkout's commit (suffixed `-dirty` with local changes), or None outside git."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-@functools.lru_cache(maxsize=1)
-def environment_tags() -> dict[str, str]:
-    """What a run was made on, for reports: CPU model and cores, library versions."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = [f"python {platform.python_version()}"]
-    for package in ("torch", "optuna", "mlflow", "hydra-core", "numpy"):
-        with contextlib.suppress(PackageNotFoundError):
-            versions.append(f"{package} {version(package)}")
-    return {
-        "sweeplab.machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()}",
-        "sweeplab.versions": ", ".join(versions),
-    }
-
-
 def default_run_name(cfg: Config) -> str:
     return f"{cfg.data.name}-h{cfg.model.d_hidden}-{cfg.model.activation}-{cfg.optimizer.name}"
 
@@ -153,7 +98,7 @@ class MlflowRun(Callback):
     """One MLflow run: a training callback that logs each epoch's metrics (step = epoch).
 
     Metrics are buffered and handed over in batches: with `background`, ten times a second to
-    this process's metric writer (`sweeplab.metric_writer`, a helper process), else written here
+    this process's metric writer (`metric_writer`, a helper process), else written here
     once a second. `flush` puts every metric so far in the store; ending the run does it. With
     `every` > 1 only every Nth epoch's metrics are logged, and the last epoch's whenever the run
     ends (finished, pruned or failed).
@@ -182,8 +127,6 @@ class MlflowRun(Callback):
     def start(
         cls, cfg: Config, parent_run_id: str | None = None, tags: dict[str, str] | None = None
     ) -> MlflowRun:
-        from mlflow.entities import Param
-
         client, experiment_id = connect(store_uri(cfg.tracking), cfg.tracking.experiment)
         all_tags = {
             "dataset": cfg.data.name,
@@ -225,16 +168,12 @@ class MlflowRun(Callback):
             self._hand_over()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         self._pending.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
 
     def _hand_over(self) -> None:
         """The metrics buffered so far to the metric writer, or into the store from here."""
         if self.background and self._writer is None:
-            from sweeplab.metric_writer import shared_writer
-
             try:
                 self._writer = shared_writer()
             except OSError as err:
@@ -265,18 +204,15 @@ class MlflowRun(Callback):
         self._write(self._take_pending())
 
     def log_result(self, result: TrainResult, cfg: Config) -> None:
-        """Final test metrics, then the plots and the trained weights as artifacts."""
-        import torch
-
+        """The run's final metrics (test split, RUN_METRICS), then plots and weights as artifacts."""
         step = len(result.history)
-        test = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
-        self.log_metrics(test, step=step)
+        last_epoch = result.history[-1] if result.history else {}
+        final = {k: v for k, v in result.metrics.items() if k not in last_epoch}
+        self.log_metrics(final, step=step)
         self.flush()
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             if cfg.tracking.log_plots:
-                from sweeplab import plots
-
                 plots.save_run_plots(result, folder)
             if cfg.tracking.log_model and result.model is not None:
                 torch.save(result.model.state_dict(), folder / "model_state_dict.pt")
@@ -322,3 +258,29 @@ def tracked_run(
         raise
     else:
         run.end("FINISHED")
+
+
+def train_and_track(
+    cfg: Config,
+    callbacks: tuple[Callback, ...] = (),
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    finished_on: tuple[type[BaseException], ...] = (),
+    on_run_start: Callable[[str], None] | None = None,
+) -> tuple[TrainResult, str]:
+    """Train `cfg` inside one MLflow run; return the result and the run id.
+
+    A sweep trial is the same call with a parent run, its pruning callback,
+    `finished_on=(TrialPruned,)` so that a pruned trial's run still ends FINISHED, and
+    `on_run_start` to record the run id on the trial before training starts.
+    """
+    with tracked_run(cfg, parent_run_id, tags, finished_on) as run:
+        if on_run_start is not None:
+            on_run_start(run.run_id)
+        progress = trainer.ProgressBar(cfg.trainer.epochs, cfg.trainer.progress)
+        try:
+            result = trainer.run(cfg, callbacks=(run, *callbacks, progress))
+        finally:
+            progress.close()
+        run.log_result(result, cfg)
+    return result, run.run_id

@@ -1,10 +1,10 @@
-// The training steps of sweeplab's 2-layer network with the seed's hand-derived gradients and
-// Adam/AdamW, as one C++ loop over the batches of an epoch (loaded by sweeplab/native.py).
+// The training steps of sweeplab's 2-layer network with the lecture's hand-derived gradients and
+// Adam/AdamW, as one C++ loop over the batches of an epoch (loaded by fast/native.py).
 //
-// Every step makes exactly the ATen calls of the Python loop (model.ManualBackprop._step, then
-// optim.LeanAdam._lean_step) in the same order, so the weights come out bit-identical; what goes
-// away is Python's cost per call, about a tenth of a step at MNIST d_H=100. The GIL is released
-// while the loop runs and taken back every few steps to let Ctrl-C through.
+// Every step makes exactly the ATen calls of the Python loop (backprop.ManualBackprop._step, then
+// lean_adam.LeanAdam._lean_step) in the same order, so the weights come out bit-identical; what
+// goes away is Python's cost around each call. The GIL is released while the loop runs and taken
+// back every few steps to let Ctrl-C through.
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <torch/csrc/utils/pybind.h>
@@ -27,7 +27,7 @@ at::Tensor activate(const at::Tensor& z, int64_t activation) {
   }
 }
 
-// dJ/dZ_H from dJ/dA_H with the kernels autograd uses (see model._ACTIVATION_BACKWARD)
+// dJ/dZ_H from dJ/dA_H with the kernels autograd uses (see backprop._ACTIVATION_BACKWARD)
 at::Tensor activation_backward(
     const at::Tensor& grad, const at::Tensor& z, const at::Tensor& a, int64_t activation) {
   switch (activation) {

@@ -15,7 +15,7 @@ getting them, in this order, from:
 The cache is written atomically (temporary file, then rename), and a cache whose checksum does
 not match is refetched, never used. `read_idx` parses any IDX file (Fashion-MNIST, KMNIST, ...):
 
-    python -m sweeplab.mnist [ROOT]      # fetch MNIST into ROOT (default <project>/data/mnist)
+    python -m sweeplab.training.mnist [ROOT]      # fetch MNIST into ROOT (default <project>/data/mnist)
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sweeplab.config import PROJECT_ROOT
+from sweeplab.config import PROJECT_ROOT, MnistDataConfig
 
 IDX_FILES = {  # name -> MD5 of the .gz as published with the dataset
     "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -321,8 +321,6 @@ def _from_wheel(root: Path) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    from sweeplab.config import MnistDataConfig
-
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else default_root()
     arrays = load_mnist(root, tuple(MnistDataConfig().mirrors))
     counts = np.bincount(arrays["test_labels"], minlength=10)

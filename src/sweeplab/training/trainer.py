@@ -5,36 +5,31 @@ for `trainer.epochs` epochs and returns a `TrainResult` (final metrics, per-epoc
 Side effects (MLflow logging, Optuna pruning, progress) happen in callbacks, which see each epoch's
 metrics; the loop itself knows nothing about them. A callback may stop training by raising.
 
-Speed by design: the data sits on the device as tensors and each epoch slices it with one random
-permutation (no DataLoader collation), optimizers use fused/foreach kernels, the inner loop never
-syncs with the host (`.item()` once per epoch), evaluation runs in large chunks in inference mode.
-With the hand-derived gradients and Adam/AdamW on the CPU, `sweeplab.native` makes an epoch's
-steps in C++ (the same ATen calls as the loop below, without Python's cost per call).
+Speed by design: the data sits on the device as tensors and each epoch gathers its batches with
+one random permutation (no DataLoader collation), optimizers use fused/foreach kernels, the inner
+loop never syncs with the host (`.item()` once per epoch), evaluation runs in large chunks in
+inference mode. How the steps are made is decided once per run by `fast.fast_steps`: the
+lecture's hand-derived gradients, in C++ for whole epochs where that applies, else autograd.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from tqdm import tqdm
 
 from sweeplab.config import Config
-from sweeplab.data import Dataset, RandomShift, load_dataset
-from sweeplab.model import (
-    LossFn,
-    ManualBackprop,
-    TwoLayerNet,
-    count_correct,
-    loss_for_task,
-    supports_manual_backward,
-)
-from sweeplab.native import load as load_native
-from sweeplab.native import train_steps as native_train_steps
-from sweeplab.optim import LeanAdam, build_optimizer, build_schedule, step_function
+from sweeplab.training.data import Dataset, RandomShift, load_dataset
+from sweeplab.training.fast import ManualSteps, fast_steps
+from sweeplab.training.fast.lean_adam import step_function
+from sweeplab.training.model import LossFn, TwoLayerNet, count_correct, loss_for_task
+from sweeplab.training.optim import build_optimizer, build_schedule
 
 
 class Callback:
@@ -48,7 +43,7 @@ class Callback:
 
 
 class DivergenceError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or far above the untrained network's."""
 
 
 @dataclass
@@ -67,63 +62,64 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class AutogradSteps:
+    """The plain step: forward, loss, backward, optimizer step, as pytorch/examples make it."""
+
+    needs_grad = True
+
+    def __init__(self, model: TwoLayerNet, optimizer: torch.optim.Optimizer, loss_fn: LossFn):
+        self.model = model
+        self.optimizer = optimizer
+        self.optimizer_step = step_function(optimizer)
+        self.loss_fn = loss_fn
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, logits_b: torch.Tensor) -> None:
+        out = self.model(xb)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss_fn(out, yb).backward()
+        self.optimizer_step()
+        logits_b.copy_(out.detach())
+
+    def train_epoch(self, *batches: object) -> bool:
+        return False  # every step goes through the loop below
+
+
+Steps = AutogradSteps | ManualSteps
+
+
 def train_one_epoch(
     model: TwoLayerNet,
-    optimizer: torch.optim.Optimizer,
+    steps: Steps,
     loss_fn: LossFn,
     data: Dataset,
     batch_size: int,
     generator: torch.Generator,
-    manual_backward: bool = False,
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-    native: bool = False,
+    augment: RandomShift | None = None,
 ) -> tuple[float, float]:
     """One pass over a fresh shuffle of the training set; returns (mean loss, accuracy).
-    `augment` (e.g. `data.RandomShift`) transforms each batch of inputs.
 
-    Gradients come from autograd, or with `manual_backward` from the seed's back-propagation
-    equations (`model.ManualBackprop`), which are the same numbers without the graph. With
-    `native` too, `sweeplab.native` makes the steps in C++ where it can (the same calls).
+    `steps` makes each batch's step (see `fast`); where it can make the whole epoch at once (the
+    C++ loop), it does and the Python loop below does not run: a line added to the loop must be
+    added to the steps too. `augment` (e.g. `data.RandomShift`) transforms each batch of inputs.
     """
     model.train()
     x, y = data.x_train, data.y_train
     n = x.shape[0]
     order = torch.randperm(n, generator=generator).to(x.device)
     y_shuffled = y.index_select(0, order)  # the labels are small: shuffled once per epoch
-    # each batch of inputs is gathered into one reused buffer: no allocation per step
-    x_buffer = torch.empty((min(batch_size, n), *x.shape[1:]), dtype=x.dtype, device=x.device)
     # every step's logits land in one tensor; the epoch's loss and accuracy come from it at the
     # end, in a few ops over the whole epoch instead of several small ops per step
     logits = torch.empty((n, data.n_outputs), dtype=x.dtype, device=x.device)
-    backprop = ManualBackprop(model, data.task) if manual_backward else None
-    optimizer_step = step_function(optimizer)
-    native = native and backprop is not None and augment is None  # what the C++ loop covers
-    # the hand-derived gradients need no autograd recording: switched off once for the epoch
-    with torch.set_grad_enabled(backprop is None):
-        for start in range(0, n, batch_size):
-            # the C++ loop takes the rest of the epoch where it can: from its first step, or from
-            # the second after the optimizer has made its state
-            if (
-                native
-                and start <= batch_size
-                and native_train_steps(
-                    backprop, optimizer, x, order, y_shuffled, logits, batch_size, start
-                )
-            ):
-                break
-            batch = slice(start, start + batch_size)
-            idx, yb, logits_b = order[batch], y_shuffled[batch], logits[batch]
-            xb = torch.index_select(x, 0, idx, out=x_buffer[: idx.numel()])
-            if augment is not None:
-                xb = augment(xb, generator)
-            if backprop is not None:
-                backprop(xb, yb, logits_b)
-            else:
-                out = model(xb)
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn(out, yb).backward()
-                logits_b.copy_(out.detach())
-            optimizer_step()
+    if not steps.train_epoch(x, order, y_shuffled, logits, batch_size):
+        # each batch of inputs is gathered into one reused buffer: no allocation per step
+        x_buffer = torch.empty((min(batch_size, n), *x.shape[1:]), dtype=x.dtype, device=x.device)
+        with torch.set_grad_enabled(steps.needs_grad):
+            for start in range(0, n, batch_size):
+                batch = slice(start, start + batch_size)
+                xb = torch.index_select(x, 0, order[batch], out=x_buffer[: len(order[batch])])
+                if augment is not None:
+                    xb = augment(xb, generator)
+                steps(xb, y_shuffled[batch], logits[batch])
     with torch.no_grad():
         mean_loss = loss_fn(logits, y_shuffled).item()  # the mean of the steps' losses
         if data.task == "regression":
@@ -172,8 +168,7 @@ def predict_us_per_sample(model: TwoLayerNet, x: torch.Tensor, chunk: int = 8192
 
 # A step whose largest tensor is smaller than this runs on one CPU thread when the thread count is
 # left to us: torch splits no elementwise op under 32768 elements, and a second thread measured no
-# faster on such steps (synthetic d_H 4-256, B 32-100) while it slows down whatever else runs on
-# the machine, e.g. the metric writer. MNIST with B >= 21 is above it (2 threads: 7-26 % faster).
+# faster on such steps while it slows down whatever else runs on the machine (the metric writer).
 SMALL_STEP_ELEMENTS = 16384
 
 
@@ -191,11 +186,23 @@ def auto_threads(cfg: Config, available: int) -> int:
     return 1 if cfg.trainer.batch_size * widest < SMALL_STEP_ELEMENTS else available
 
 
-def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
-    """Train the network `cfg` describes; callbacks see every epoch. Returns the final metrics."""
-    # --- setup
-    threads = cfg.trainer.num_threads or auto_threads(cfg, torch_default_threads())
-    torch.set_num_threads(threads)
+@dataclass
+class Setup:
+    """Everything a run trains with, built from its config."""
+
+    data: Dataset
+    model: TwoLayerNet
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler | None
+    loss_fn: LossFn
+    steps: Steps
+    augment: RandomShift | None
+    batch_order: torch.Generator
+
+
+def setup(cfg: Config) -> Setup:
+    """Threads, device, data, network, optimizer, schedule and steps of the run `cfg` describes."""
+    torch.set_num_threads(cfg.trainer.num_threads or auto_threads(cfg, torch_default_threads()))
     device = resolve_device(cfg.trainer.device)
     data = load_dataset(cfg.data).to(device)
     torch.manual_seed(cfg.seed)
@@ -208,49 +215,37 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
         input_dropout=cfg.model.input_dropout,
     ).to(device)
     optimizer = build_optimizer(list(model.parameters()), cfg.optimizer)
-    schedule = build_schedule(optimizer, cfg.trainer)
     loss_fn = loss_for_task(data.task)
-    batch_order = torch.Generator().manual_seed(cfg.seed)
-    classify = data.task != "regression"
-    manual = cfg.trainer.backward == "manual" or (
-        cfg.trainer.backward == "auto" and supports_manual_backward(model)
-    )
     augment = None
     if cfg.trainer.shift_pixels:
-        if data.image_shape is None:
-            raise ValueError(f"trainer.shift_pixels: dataset {data.name!r} has no images")
         background = float(data.x_train.min())  # a blank pixel, normalised or not
         augment = RandomShift(data.image_shape, cfg.trainer.shift_pixels, background, device)
-    # the C++ steps (built here on a machine's first run, not inside the first epoch's time)
-    native = (
-        manual
-        and cfg.trainer.native
-        and augment is None
-        and device.type == "cpu"
-        and isinstance(optimizer, LeanAdam)
-        and load_native() is not None
+    steps = fast_steps(model, optimizer, data.task, cfg.trainer, augment is not None, device)
+    return Setup(
+        data,
+        model,
+        optimizer,
+        build_schedule(optimizer, cfg.trainer),
+        loss_fn,
+        steps or AutogradSteps(model, optimizer, loss_fn),
+        augment,
+        torch.Generator().manual_seed(cfg.seed),
     )
-    # a loss this far above the untrained network's has diverged even while it is finite
-    initial_loss, _ = evaluate(
-        model, loss_fn, data.x_val, data.y_val, data.task, cfg.trainer.eval_batch_size
-    )
-    diverged_above = cfg.trainer.divergence_ratio * max(initial_loss, 1.0)
 
-    # --- epochs
+
+def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
+    """Train the network `cfg` describes; callbacks see every epoch. Returns the final metrics."""
+    s = setup(cfg)
+    data, model, eval_chunk = s.data, s.model, cfg.trainer.eval_batch_size
+    # a loss this far above the untrained network's has diverged even while it is finite
+    initial_loss, _ = evaluate(model, s.loss_fn, data.x_val, data.y_val, data.task, eval_chunk)
+    diverged_above = cfg.trainer.divergence_ratio * max(initial_loss, 1.0)
     history: list[dict[str, float]] = []
     for epoch in range(1, cfg.trainer.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
+        lr = s.optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
-            model,
-            optimizer,
-            loss_fn,
-            data,
-            cfg.trainer.batch_size,
-            batch_order,
-            manual,
-            augment,
-            native,
+            model, s.steps, s.loss_fn, data, cfg.trainer.batch_size, s.batch_order, s.augment
         )
         epoch_s = time.perf_counter() - started
         if not math.isfinite(train_loss) or (
@@ -262,43 +257,50 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
                 f"{cfg.trainer.divergence_ratio:g})"
             )
         val_loss, val_acc = evaluate(
-            model, loss_fn, data.x_val, data.y_val, data.task, cfg.trainer.eval_batch_size
+            model, s.loss_fn, data.x_val, data.y_val, data.task, eval_chunk
         )
-        if schedule is not None:
-            schedule.step()
         metrics = {"train/loss": train_loss, "val/loss": val_loss, "time/epoch_s": epoch_s}
-        if schedule is not None:
+        if s.schedule is not None:
+            s.schedule.step()
             metrics["train/lr"] = lr
-        if classify:
+        if data.task != "regression":
             metrics |= {"train/acc": train_acc, "val/acc": val_acc}
         history.append(metrics)
         for callback in callbacks:
             callback.on_epoch_end(epoch, metrics)
-
-    # --- test
-    test_loss, test_acc = evaluate(
-        model, loss_fn, data.x_test, data.y_test, data.task, cfg.trainer.eval_batch_size
-    )
-    final = dict(history[-1]) | {"test/loss": test_loss}
-    final["test/predict_us_per_sample"] = predict_us_per_sample(
-        model, data.x_test, cfg.trainer.eval_batch_size
-    )
-    if classify:
-        final["test/acc"] = test_acc
-    result = TrainResult(metrics=final, history=history, model=model, dataset=data)
+    result = TrainResult(final_metrics(s, history[-1], eval_chunk), history, model, data)
     for callback in callbacks:
         callback.on_train_end(result)
     return result
+
+
+def prediction_speed(model: TwoLayerNet, data: Dataset, chunk: int) -> dict[str, float]:
+    return {"test/predict_us_per_sample": predict_us_per_sample(model, data.x_test, chunk)}
+
+
+# what a run measures once, at its end, beside the test loss and accuracy: each function takes the
+# trained model, the dataset and the evaluation chunk size and returns {metric name: value}
+RUN_METRICS: tuple[Callable[[TwoLayerNet, Dataset, int], dict[str, float]], ...] = (
+    prediction_speed,
+)
+
+
+def final_metrics(s: Setup, last_epoch: dict[str, float], chunk: int) -> dict[str, float]:
+    """The last epoch's metrics, the test split's loss and accuracy, and the RUN_METRICS."""
+    data = s.data
+    test_loss, test_acc = evaluate(s.model, s.loss_fn, data.x_test, data.y_test, data.task, chunk)
+    final = dict(last_epoch) | {"test/loss": test_loss}
+    if data.task != "regression":
+        final["test/acc"] = test_acc
+    for measure in RUN_METRICS:
+        final |= measure(s.model, data, chunk)
+    return final
 
 
 class ProgressBar(Callback):
     """A tqdm bar over epochs showing the latest metrics; silent when stderr is not a terminal."""
 
     def __init__(self, epochs: int, enabled: bool = True, desc: str = "train") -> None:
-        import sys
-
-        from tqdm import tqdm
-
         self.bar = tqdm(total=epochs, desc=desc, disable=not (enabled and sys.stderr.isatty()))
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:

@@ -1,9 +1,9 @@
 """Pictures of a trained run, saved as PNG files (MLflow logs them as artifacts).
 
-- `learning_curves.png`: loss and accuracy vs. epoch (the seed's "Performance vs. epoch");
+- `learning_curves.png`: loss and accuracy vs. epoch (the lecture's "Performance vs. epoch");
 - for 2-D inputs, `decision_region.png`: the output probability over [0,1]^2 with the samples on
   top, and `hidden_units.png`: each hidden activation a_H,l over the plane, titled with its
-  output weight w_O,l (the seed's two pictures of demo 1).
+  output weight w_O,l (the lecture's two pictures of demo 1).
 
     save_run_plots(result, Path("out"))   # writes whichever of the above apply
 """
@@ -13,23 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from sweeplab.trainer import TrainResult
+from sweeplab.figures import pyplot
+from sweeplab.training.trainer import TrainResult
 
 GRID = 100  # points per axis of the plane pictures
 MAX_HIDDEN_SHOWN = 16
-
-
-def _pyplot():  # noqa: ANN202 - matplotlib is imported only when a picture is made
-    import logging
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def save_run_plots(result: TrainResult, folder: Path) -> list[Path]:
@@ -51,8 +41,6 @@ def save_run_plots(result: TrainResult, folder: Path) -> list[Path]:
 
 
 def _test_predictions(result: TrainResult) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
     data = result.dataset
     with torch.inference_mode():
         result.model.eval()
@@ -67,7 +55,7 @@ def _test_predictions(result: TrainResult) -> tuple[np.ndarray, np.ndarray]:
 
 def save_confusion_matrix(result: TrainResult, path: Path) -> Path:
     """Counts of (true class, predicted class) on the test split."""
-    plt = _pyplot()
+    plt = pyplot()
     predicted, true = _test_predictions(result)
     k = result.dataset.n_outputs
     counts = np.zeros((k, k), dtype=np.int64)
@@ -93,7 +81,7 @@ def save_confusion_matrix(result: TrainResult, path: Path) -> Path:
 
 def save_first_layer_weights(result: TrainResult, path: Path, max_units: int = 100) -> Path:
     """Each hidden unit's input weights w_H,l as an image: what the unit looks for."""
-    plt = _pyplot()
+    plt = pyplot()
     weights = result.model.hidden.weight.detach().cpu().numpy()
     shape = result.dataset.image_shape
     shown = min(len(weights), max_units)
@@ -114,7 +102,7 @@ def save_first_layer_weights(result: TrainResult, path: Path, max_units: int = 1
 
 def save_misclassified(result: TrainResult, path: Path, max_shown: int = 36) -> Path:
     """The first misclassified test images, titled predicted/true."""
-    plt = _pyplot()
+    plt = pyplot()
     predicted, true = _test_predictions(result)
     wrong = np.flatnonzero(predicted != true)[:max_shown]
     images = result.dataset.x_test.cpu().numpy()
@@ -134,7 +122,7 @@ def save_misclassified(result: TrainResult, path: Path, max_shown: int = 36) -> 
 
 
 def save_learning_curves(history: list[dict[str, float]], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     epochs = np.arange(1, len(history) + 1)
     kinds = [k for k in ("loss", "acc") if any(f"train/{k}" in h for h in history)]
     fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.5), squeeze=False)
@@ -153,10 +141,8 @@ def save_learning_curves(history: list[dict[str, float]], path: Path) -> Path:
     return path
 
 
-def _plane(result: TrainResult):  # noqa: ANN202 - a torch.Tensor; torch is imported lazily
+def _plane(result: TrainResult) -> torch.Tensor:
     """GRID x GRID points covering [0,1]^2, row-major from the bottom-left, on the model's device."""
-    import torch
-
     axis = np.linspace(0.0, 1.0, GRID)
     x0, x1 = np.meshgrid(axis, axis)
     points = np.column_stack([x0.ravel(), x1.ravel()]).astype(np.float32)
@@ -165,9 +151,7 @@ def _plane(result: TrainResult):  # noqa: ANN202 - a torch.Tensor; torch is impo
 
 def save_decision_region(result: TrainResult, path: Path) -> Path:
     """Pr{y=1 | x} over the unit square, with the training samples of each class overlaid."""
-    import torch
-
-    plt = _pyplot()
+    plt = pyplot()
     model, data = result.model, result.dataset
     points = _plane(result)
     with torch.inference_mode():
@@ -190,9 +174,7 @@ def save_decision_region(result: TrainResult, path: Path) -> Path:
 
 def save_hidden_units(result: TrainResult, path: Path) -> Path:
     """Each hidden unit's activation a_H,l over the plane, titled with its output weight."""
-    import torch
-
-    plt = _pyplot()
+    plt = pyplot()
     model = result.model
     points = _plane(result)
     with torch.inference_mode():
@@ -221,39 +203,3 @@ def save_hidden_units(result: TrainResult, path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
-
-
-def save_study_plots(study: object, folder: Path) -> list[Path]:
-    """Optuna's optimisation history, parallel coordinates, parameter importances and slice plots
-    as PNGs; a plot the study cannot make yet (e.g. importances from one trial) is skipped."""
-    import warnings
-
-    import optuna.visualization.matplotlib as ovm
-
-    plt = _pyplot()
-    makers = {
-        "optimization_history": ovm.plot_optimization_history,
-        "parallel_coordinate": ovm.plot_parallel_coordinate,
-        "param_importances": ovm.plot_param_importances,
-        "slice": ovm.plot_slice,
-    }
-    written = []
-    for name, make in makers.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                axes = make(study)
-        except (ValueError, RuntimeError, ZeroDivisionError) as err:
-            print(f"note: no {name} plot ({err})")
-            continue
-        fig = np.atleast_1d(axes).ravel()[0].figure
-        if name == "slice":
-            fig.set_size_inches(max(6, 3 * len(np.atleast_1d(axes).ravel())), 3.5)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fig.tight_layout()
-        path = folder / f"{name}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
-    return written

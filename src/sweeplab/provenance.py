@@ -1,0 +1,60 @@
+"""What a run was made with: the git commit of the checkout, the machine and library versions.
+
+MLflow runs carry these as tags, and reports print them, so that a figure says where it came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from sweeplab.config import PROJECT_ROOT
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The checkout's commit (suffixed `-dirty` with local changes), or None outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+@functools.lru_cache(maxsize=1)
+def environment_tags() -> dict[str, str]:
+    """What a run was made on, for reports: CPU model and cores, library versions."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = [f"python {platform.python_version()}"]
+    for package in ("torch", "optuna", "mlflow", "hydra-core", "numpy"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions.append(f"{package} {version(package)}")
+    return {
+        "sweeplab.machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()}",
+        "sweeplab.versions": ", ".join(versions),
+    }

@@ -1,0 +1,5 @@
+"""python -m sweeplab.sweep: see `sweeplab.sweep.cli`."""
+
+from sweeplab.sweep.cli import main
+
+main()

@@ -1,0 +1,85 @@
+"""python -m sweeplab.sweep: an Optuna sweep over the Hydra config.
+
+    python -m sweeplab.sweep sweep=synthetic                      # conf/sweep/synthetic.yaml
+    python -m sweeplab.sweep sweep=synthetic sweep.workers=2      # 2 processes, one study
+    python -m sweeplab.sweep sweep=mnist trainer.epochs=10        # overrides apply to every trial
+    python -m sweeplab.sweep sweep=synthetic sweep.n_trials=60    # rerun: continues to 60 trials
+
+Each trial composes the same config as `python -m sweeplab.train` with the sweep file's overrides,
+the command line's and the trial's sampled values. Hydra stays here at the edge: the plan is
+checked, then `run.run_sweep` runs it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from sweeplab import runtime
+from sweeplab.config import CONF_DIR, ConfigError
+from sweeplab.sweep.plan import SweepPlan, plan_sweep
+from sweeplab.sweep.results import SweepSummary
+from sweeplab.sweep.run import run_sweep, worker_index
+from sweeplab.sweep.space import describe
+from sweeplab.sweep.worker import TOO_MANY_FAILED
+
+
+def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in summary.counts.items())
+    print(
+        f"\nstudy '{summary.study_name}' stopped: {summary.stop_reason} ({counts}) in {summary.wall_s:.1f}s"
+    )
+    if summary.best_value is None:
+        print("no trial completed")
+        return
+    print(f"best {plan.objective} = {summary.best_value:.4f}  {describe(summary.best_params)}")
+    test = summary.best_test or {}
+    if test:
+        print(
+            "its test metrics: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in test.items() if v is not None)
+        )
+    print(f"best trial's MLflow run: {summary.best_run_id} (parent run {summary.parent_run_id})")
+    if summary.best_config_path is not None:
+        folder = summary.best_config_path.parent
+        print(f"best config: {summary.best_config_path}")
+        print(f"rerun it:    python -m sweeplab.train --config-path {folder} --config-name best")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_main(composed: DictConfig) -> None:
+    hydra_config = HydraConfig.get()
+    overrides = list(hydra_config.overrides.task)
+    try:
+        plan = plan_sweep(
+            composed,
+            overrides,
+            hydra_config.runtime.choices.get("sweep"),
+            check_trials=not worker_index(),  # the process that started this one checked them
+        )
+        plan.config_name = hydra_config.job.config_name
+    except ConfigError as err:
+        runtime.exit_with_error(err)
+    runtime.raise_keyboard_interrupt_on_signals()
+    runtime.freeze_long_lived_objects()
+    try:
+        summary = run_sweep(plan, argv=sys.argv[1:])
+    except ConfigError as err:
+        runtime.exit_with_error(err)
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: finished trials are kept; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        sys.exit(runtime.EXIT_INTERRUPTED)
+    if not worker_index():
+        print_summary(summary, plan)
+    if summary.stop_reason.startswith(TOO_MANY_FAILED):
+        sys.exit(1)
+
+
+def main() -> None:
+    runtime.run_cli(_hydra_main)

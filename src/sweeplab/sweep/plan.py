@@ -1,0 +1,110 @@
+"""A sweep's plan: its settings, search space and storage, checked before any trial starts.
+
+plan = plan_sweep(composed, overrides, "synthetic")   # raises ConfigError, naming the key
+cfg = compose_trial(plan, {"model.d_hidden": 8})        # one trial's typed config
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hydra import compose
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+
+from sweeplab.config import (
+    CONF_DIR,
+    Config,
+    ConfigError,
+    SweepConfig,
+    TrackingConfig,
+    output_dir,
+    sweep_objective,
+    to_config,
+)
+from sweeplab.sweep.sampling import make_pruner, make_sampler
+from sweeplab.sweep.space import SearchSpace, extremes, parse_space, to_overrides
+
+
+@dataclass
+class SweepPlan:
+    """Everything a sweep needs, checked before any trial starts."""
+
+    study_name: str
+    settings: SweepConfig
+    objective: str
+    space: SearchSpace
+    overrides: list[str]  # the command line's overrides, sweep=<name> included
+    storage: str  # an RDB URL, or the path of a journal file
+    tracking: TrackingConfig
+    config_name: str = "config"
+
+    @property
+    def workers(self) -> int:
+        return self.settings.n_jobs or self.settings.workers
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What makes trials of one study comparable; a resumed study must match it."""
+        return {
+            "objective": self.objective,
+            "direction": self.settings.direction,
+            "params": self.space.expressions,
+            "overrides": sorted(o for o in self.overrides if not o.startswith("sweep")),
+        }
+
+
+def plan_sweep(
+    composed: DictConfig, overrides: list[str], sweep_name: str | None, check_trials: bool = True
+) -> SweepPlan:
+    """Check the sweep config, its search space and (with `check_trials`) trial configs that
+    touch every bound and choice of the space; raise ConfigError."""
+    cfg = to_config(composed)
+    settings = cfg.sweep
+    if settings is None:
+        available = ", ".join(sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")))
+        raise ConfigError(f"sweep=None: choose a sweep with sweep=<name> (shipped: {available})")
+    objective = sweep_objective(cfg)  # checked by to_config with the other sweep values
+
+    space = parse_space(settings.params)
+    # a key fixed on the command line wins over the search space (as in hydra-optuna-sweeper)
+    fixed_by_user = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    for key in fixed_by_user & space.distributions.keys():
+        print(f"note: {key} is fixed on the command line, so it is not searched", file=sys.stderr)
+        del space.distributions[key]
+    if not space.distributions:
+        raise ConfigError("sweep.params: nothing to search (every parameter is fixed)")
+    make_sampler(settings.sampler, space)
+    make_pruner(settings.pruner)
+
+    study_name = settings.study_name or sweep_name or "sweep"
+    plan = SweepPlan(
+        study_name=study_name,
+        settings=settings,
+        objective=objective,
+        space=space,
+        overrides=list(overrides),
+        storage=settings.storage or str(output_dir() / "optuna" / f"{study_name}.journal"),
+        tracking=cfg.tracking,
+    )
+    if not check_trials:
+        return plan
+    for values in extremes(space):
+        try:
+            compose_trial(plan, values)
+        except ConfigError as err:
+            raise ConfigError(f"{err} (from sweep.params: {values})") from None
+    return plan
+
+
+def compose_trial(plan: SweepPlan, values: dict[str, Any]) -> Config:
+    """The typed config of one trial: the command line, the fixed params, the sampled values."""
+    overrides = [*plan.overrides, *to_overrides(plan.space.fixed), *to_overrides(values)]
+    try:
+        composed = compose(config_name=plan.config_name, overrides=overrides)
+    except HydraException as err:
+        raise ConfigError(f"sweep.params: {str(err).splitlines()[0]}") from None
+    cfg = to_config(composed)
+    return replace(cfg, sweep=None, optimized_metric=None)

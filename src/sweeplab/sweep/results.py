@@ -1,0 +1,204 @@
+"""The MLflow side of a study: its parent run, and what the sweep leaves when it ends.
+
+One parent run per study holds the sweep's settings and search space as params, the best value
+by trial number (logged by the workers), and at the end `trials.csv`, Optuna's plots under
+`optuna/` and `best.yaml`, the best trial's full config, which `python -m sweeplab.train` reruns.
+The same files are written to `outputs/sweeps/<study>/`.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from sweeplab.config import Config, ConfigError, SweepConfig, output_dir, to_yaml
+from sweeplab.figures import pyplot
+from sweeplab.sweep.plan import SweepPlan, compose_trial
+from sweeplab.sweep.space import to_overrides
+from sweeplab.sweep.storage import best_or_none, redact
+from sweeplab.training.tracking import MAX_BATCH, client_for
+
+
+def mlflow_client(plan: SweepPlan) -> tuple[MlflowClient, str]:
+    return client_for(plan.tracking)
+
+
+def find_or_create_parent(plan: SweepPlan, study: optuna.Study) -> str:
+    """The study's MLflow run: created on the first start, reused (set RUNNING) on resume."""
+    client, experiment_id = mlflow_client(plan)
+    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    if run_id:
+        try:
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+        except MlflowException:
+            print(
+                f"note: the study's MLflow run {run_id} is gone; starting a new one",
+                file=sys.stderr,
+            )
+    created = client.create_run(
+        experiment_id,
+        run_name=f"sweep-{plan.study_name}",
+        tags={"sweeplab.role": "study", "optuna.study": plan.study_name},
+    )
+    run_id = created.info.run_id
+    params = {f"sweep.{k}": v for k, v in to_flat_dict_sweep(plan.settings).items()}
+    params |= {f"space.{k}": v for k, v in plan.space.expressions.items()}
+    params |= {
+        "objective": plan.objective,
+        "storage": redact(plan.storage),
+        "overrides": " ".join(plan.overrides),
+    }
+    batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(batch), MAX_BATCH):
+        client.log_batch(run_id, params=batch[i : i + MAX_BATCH])
+    study.set_user_attr("mlflow_parent_run_id", run_id)
+    return run_id
+
+
+def count_invocation(plan: SweepPlan, parent_run_id: str) -> None:
+    """Tag the study's run with how many times the sweep was started (resumes included)."""
+    client, _ = mlflow_client(plan)
+    before = client.get_run(parent_run_id).data.tags.get("sweeplab.invocations", "0")
+    client.set_tag(parent_run_id, "sweeplab.invocations", str(int(before) + 1))
+
+
+def to_flat_dict_sweep(settings: SweepConfig) -> dict[str, Any]:
+    """The sweep's settings as params, `sampler.name` and the like; the space is logged apart."""
+    flat = {}
+    for key, value in OmegaConf.to_container(OmegaConf.structured(settings)).items():
+        if key == "params":
+            continue
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def close_orphan_runs(plan: SweepPlan, study: optuna.Study) -> None:
+    """MLflow runs of trials that died with their process: RUNNING -> KILLED."""
+    client, _ = mlflow_client(plan)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id and client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "failure_reason", "its worker died (trial failed on resume)")
+            client.set_tag(run_id, "optuna.trial_state", "FAIL")
+            client.set_terminated(run_id, "KILLED")
+
+
+@dataclass
+class SweepSummary:
+    study_name: str
+    stop_reason: str
+    counts: dict[str, int]
+    best_value: float | None = None
+    best_params: dict[str, Any] | None = None
+    best_run_id: str | None = None
+    best_test: dict[str, float] | None = None
+    best_config_path: Path | None = None
+    parent_run_id: str | None = None
+    wall_s: float = 0.0
+
+
+def report(plan: SweepPlan, study: optuna.Study, parent_run_id: str, reason: str) -> SweepSummary:
+    """Trials CSV, Optuna's plots and the best trial's config, into the parent run and outputs/."""
+    client, _ = mlflow_client(plan)
+    trials = study.get_trials(deepcopy=False)
+    counts = {
+        s.name: sum(t.state == s for t in trials)
+        for s in TrialState
+        if any(t.state == s for t in trials)
+    }
+    summary = SweepSummary(plan.study_name, reason, counts, parent_run_id=parent_run_id)
+    folder = output_dir() / "sweeps" / plan.study_name
+    folder.mkdir(parents=True, exist_ok=True)
+    study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
+    client.log_artifact(parent_run_id, str(folder / "trials.csv"))
+    for path in save_study_plots(study, folder):
+        client.log_artifact(parent_run_id, str(path), "optuna")
+    best = best_or_none(study)
+    if best is not None:
+        try:
+            cfg = compose_trial(plan, best.params)
+        except ConfigError as err:  # e.g. conf/ changed under a long sweep
+            print(f"warning: the best trial's config no longer composes: {err}", file=sys.stderr)
+        else:
+            path = folder / "best.yaml"
+            path.write_text(best_config_yaml(plan, best, cfg, folder))
+            client.log_artifact(parent_run_id, str(path))
+            summary.best_config_path = path
+        summary.best_value = best.value
+        summary.best_params = dict(best.params)
+        summary.best_run_id = best.user_attrs.get("mlflow_run_id")
+        summary.best_test = {k: v for k, v in best.user_attrs.items() if k.startswith("test/")}
+        for key, value in {
+            "best_trial": str(best.number),
+            "best_value": f"{best.value:.6g}",
+            "best_run_id": str(summary.best_run_id),
+        }.items():
+            client.set_tag(parent_run_id, key, value)
+    for state, count in counts.items():
+        client.log_metric(parent_run_id, f"trials/{state.lower()}", count)
+    return summary
+
+
+def best_config_yaml(
+    plan: SweepPlan, best: optuna.trial.FrozenTrial, cfg: Config, folder: Path
+) -> str:
+    """best.yaml: the trial's whole config, headed by how it was found and how to rerun it."""
+    header = (
+        f"# Best trial {best.number} of study '{plan.study_name}': {plan.objective}={best.value:.6g}\n"
+        f"# params: {' '.join(to_overrides(best.params))}\n"
+        f"# rerun:  python -m sweeplab.train --config-path {folder} --config-name best\n"
+    )
+    hydra_section = (
+        "hydra:\n  run:\n    dir: ${sweeplab_output:}/hydra/${now:%Y-%m-%d}/${now:%H-%M-%S}\n"
+    )
+    return header + to_yaml(cfg) + hydra_section
+
+
+def save_study_plots(study: optuna.Study, folder: Path) -> list[Path]:
+    """Optuna's optimisation history, parallel coordinates, parameter importances and slice plots
+    as PNGs; a plot the study cannot make yet (e.g. importances from one trial) is skipped."""
+    # matplotlib comes with it: loaded when the sweep ends, not in every worker's start-up
+    import optuna.visualization.matplotlib as optuna_plots
+
+    plt = pyplot()
+    makers = {
+        "optimization_history": optuna_plots.plot_optimization_history,
+        "parallel_coordinate": optuna_plots.plot_parallel_coordinate,
+        "param_importances": optuna_plots.plot_param_importances,
+        "slice": optuna_plots.plot_slice,
+    }
+    written = []
+    for name, make in makers.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = make(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:
+            print(f"note: no {name} plot ({err})")
+            continue
+        fig = np.atleast_1d(axes).ravel()[0].figure
+        if name == "slice":
+            fig.set_size_inches(max(6, 3 * len(np.atleast_1d(axes).ravel())), 3.5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fig.tight_layout()
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,142 @@
+"""Run a sweep: one study, `sweep.workers` processes, every trial an MLflow child run.
+
+Budget: `n_trials` counts COMPLETE, PRUNED and running trials of the study across invocations and
+workers. The main process starts the extra workers (the same command with `SWEEPLAB_SWEEP_WORKER`
+set), works itself, waits for them, and writes the study's results into its parent run. A trial
+left RUNNING by a dead process is failed and retried once: RDB storages detect it by Optuna's
+heartbeat, journal files by the worker's host and pid recorded on the trial. Failed trials do
+not use the budget; `max_failure_rate` stops a sweep in which too many fail.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from sweeplab.sweep.plan import SweepPlan
+from sweeplab.sweep.results import (
+    SweepSummary,
+    close_orphan_runs,
+    count_invocation,
+    find_or_create_parent,
+    mlflow_client,
+    report,
+)
+from sweeplab.sweep.storage import BudgetLock, check_resumable, open_study
+from sweeplab.sweep.worker import Worker
+
+WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"  # set in the processes a sweep starts for its extra workers
+DEADLINE_ENV = "SWEEPLAB_SWEEP_DEADLINE"  # the main process's sweep.timeout, as a Unix time
+
+
+def worker_index() -> int:
+    """0 in the process the user started; 1, 2, ... in the extra workers it starts."""
+    return int(os.environ.get(WORKER_ENV, "0"))
+
+
+def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
+    """Run the study to its budget with `plan.workers` processes; report into the parent run.
+
+    `argv` (the command line) is what extra worker processes are started with; without it the
+    sweep runs in this process alone.
+    """
+    started = time.time()
+    index = worker_index()
+    mlflow_client(plan)  # create the MLflow store once, before any worker starts
+    study = open_study(plan, seed_offset=index)
+    bootstrap = BudgetLock(plan.storage, plan.study_name)
+    with bootstrap:
+        check_resumable(plan, study)
+        parent_run_id = find_or_create_parent(plan, study)
+    label = f"[w{index}] " if index else ""
+    worker = Worker(plan, study, parent_run_id, label)
+    if index:  # a worker started by the main process: trials only
+        worker.on_trial_done.append(lambda line: print(line, flush=True))
+        deadline = os.environ.get(DEADLINE_ENV)
+        reason = worker.work(float(deadline) if deadline else None)
+        print(f"[w{index}] stopped: {reason}", flush=True)
+        return SweepSummary(plan.study_name, reason, {}, parent_run_id=parent_run_id)
+
+    with bootstrap:
+        worker.reconcile()
+        close_orphan_runs(plan, study)
+        count_invocation(plan, parent_run_id)
+    deadline = started + plan.settings.timeout if plan.settings.timeout else None
+    procs = _start_workers(plan, argv, deadline) if argv is not None else []
+    bar = _progress(plan, study)
+    worker.on_trial_done.append(lambda line: _echo(bar, line, study))
+    client, _ = mlflow_client(plan)
+    try:
+        reason = worker.work(deadline)
+        for proc in procs:
+            proc.wait()
+    except KeyboardInterrupt:
+        _stop_workers(procs)
+        client.set_tag(parent_run_id, "failure_reason", "interrupted; rerun the command to resume")
+        client.set_terminated(parent_run_id, "KILLED")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    try:
+        close_orphan_runs(plan, study)
+        summary = report(plan, study, parent_run_id, reason)
+    except BaseException as err:
+        client.set_tag(
+            parent_run_id, "failure_reason", f"report failed: {type(err).__name__}: {err}"
+        )
+        client.set_terminated(parent_run_id, "FAILED")
+        raise
+    summary.wall_s = time.time() - started
+    client.set_terminated(parent_run_id, "FINISHED")
+    return summary
+
+
+def _used_budget(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def _progress(plan: SweepPlan, study: optuna.Study) -> tqdm | None:
+    """A bar for the whole study (all workers' trials) on a terminal; None otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    return tqdm(total=plan.settings.n_trials, initial=_used_budget(study), desc=plan.study_name)
+
+
+def _echo(bar: tqdm | None, line: str, study: optuna.Study) -> None:
+    if bar is None:
+        print(line, flush=True)
+        return
+    bar.write(line)
+    bar.n = _used_budget(study)
+    bar.refresh()
+
+
+def _start_workers(
+    plan: SweepPlan, argv: list[str], deadline: float | None
+) -> list[subprocess.Popen]:
+    procs = []
+    for index in range(1, plan.workers):
+        env = {**os.environ, WORKER_ENV: str(index)}
+        if deadline is not None:  # every worker stops starting trials at the same moment
+            env[DEADLINE_ENV] = repr(deadline)
+        procs.append(subprocess.Popen([sys.executable, "-m", "sweeplab.sweep", *argv], env=env))
+    return procs
+
+
+def _stop_workers(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()

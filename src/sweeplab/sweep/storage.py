@@ -1,0 +1,197 @@
+"""Where a study lives and how its workers share it: the Optuna storage (a journal file, SQLite
+or PostgreSQL), the lock that makes "count the budget, then start a trial" atomic across
+processes and machines, and how a trial left RUNNING by a dead process is recognised.
+
+    study = open_study(plan)                      # created, or loaded to resume
+    with BudgetLock(plan.storage, plan.study_name):
+        ...                                       # one worker at a time
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+import warnings
+import zlib
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from sweeplab.config import ConfigError
+from sweeplab.runtime import interrupts_deferred
+from sweeplab.sweep.plan import SweepPlan
+from sweeplab.sweep.sampling import make_pruner, make_sampler
+
+HEARTBEAT_S = 10  # RDB storages: a running trial's heartbeat period ...
+GRACE_S = 30  # ... and the silence after which the trial counts as dead
+ORPHAN_AFTER_S = 300  # journal: a running trial with no recorded worker this old counts as dead
+
+
+def is_rdb(storage: str) -> bool:
+    return "://" in storage
+
+
+def redact(storage: str) -> str:
+    """The storage URL without its password, for logs and MLflow params."""
+    if not is_rdb(storage):
+        return storage
+    return make_url(storage).render_as_string(hide_password=True)
+
+
+def make_storage(storage: str) -> optuna.storages.BaseStorage:
+    if is_rdb(storage):
+        with quiet_experimental():
+            return RDBStorage(
+                storage,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
+    path = Path(storage)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"sweep.storage={storage!r}: cannot write there ({err})") from None
+    return JournalStorage(InterruptSafeJournalFileBackend(str(path)))
+
+
+class InterruptSafeJournalFileBackend(JournalFileBackend):
+    """Optuna's journal file, each append done whole before Ctrl-C/SIGTERM is raised: an
+    interrupt inside its lock's release turned into a FileNotFoundError (a failed trial, and
+    the sweep went on) instead of stopping the sweep."""
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        with interrupts_deferred():
+            super().append_logs(logs)
+
+
+class BudgetLock:
+    """Serialises "count the trials, then start one" across the workers of a study."""
+
+    def __init__(self, storage: str, study_name: str) -> None:
+        self.storage = storage
+        self.study_name = study_name
+        self.held = False
+        self._file = None
+        self._pg = None
+        if storage.startswith("postgresql"):
+            self._pg = create_engine(storage, pool_size=1, max_overflow=0).connect()
+        elif storage.startswith("sqlite:///"):
+            self._path = Path(storage.removeprefix("sqlite:///") + ".budget.lock")
+        elif not is_rdb(storage):
+            self._path = Path(storage + ".budget.lock")
+        else:
+            raise ConfigError(
+                f"sweep.storage={redact(storage)!r}: use a journal file, SQLite or PostgreSQL "
+                "(budgets across workers are locked on those)"
+            )
+
+    def _key(self) -> int:
+        return zlib.crc32(self.study_name.encode())
+
+    def acquire(self) -> None:
+        if self._pg is not None:
+            self._pg.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._key()})
+            self._pg.commit()
+        else:
+            self._file = self._path.open("a")
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        self.held = True
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        if self._pg is not None:
+            self._pg.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key()})
+            self._pg.commit()
+        else:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+    def __enter__(self) -> BudgetLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_dead(owner: str | None, started: datetime | None) -> bool:
+    """Whether the process that owns a running trial is gone (known only for this host)."""
+    if owner is None:
+        return started is not None and time.time() - started.timestamp() > ORPHAN_AFTER_S
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def quiet_experimental() -> Iterator[None]:
+    """Optuna's heartbeat and journal features warn that they are experimental, at every call."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
+
+
+def best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best finished trial, or None while no trial has completed."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def open_study(plan: SweepPlan, seed_offset: int = 0) -> optuna.Study:
+    """The plan's study, created on the first start and loaded on every later one."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler_spec = dict(plan.settings.sampler)
+    if plan.workers > 1 and sampler_spec.get("name", "") == "tpe":
+        sampler_spec.setdefault("constant_liar", True)  # spreads out the trials running at once
+    with quiet_experimental():
+        return optuna.create_study(
+            study_name=plan.study_name,
+            storage=make_storage(plan.storage),
+            sampler=make_sampler(sampler_spec, plan.space, seed_offset),
+            pruner=make_pruner(plan.settings.pruner),
+            direction=plan.settings.direction,
+            load_if_exists=True,
+        )
+
+
+def check_resumable(plan: SweepPlan, study: optuna.Study) -> None:
+    """A study resumes only with the same objective, space and trial overrides."""
+    stored = study.user_attrs.get("sweeplab_identity")
+    if stored is None:
+        study.set_user_attr("sweeplab_identity", plan.identity)
+    elif stored != plan.identity:
+        changed = sorted(k for k in plan.identity if plan.identity[k] != stored.get(k))
+        raise ConfigError(
+            f"sweep.study_name={plan.study_name!r}: the study in {redact(plan.storage)} was run with "
+            f"a different {', '.join(changed)} (was {[stored.get(k) for k in changed]}); "
+            "choose another sweep.study_name or remove the old study to start afresh"
+        )

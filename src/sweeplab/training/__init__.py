@@ -1,0 +1,12 @@
+"""One training run, from a typed config to an MLflow run; knows nothing of Optuna.
+
+data, mnist    datasets as tensors (the synthetic tasks, MNIST and any IDX image dataset)
+model          the 2-layer network and the loss of each task
+optim          torch.optim optimizers and learning-rate schedules from the config
+trainer        the training loop: run(cfg, callbacks) -> TrainResult
+fast/          the optional speed path behind one entry (hand-derived gradients, LeanAdam,
+               the C++ loop)
+tracking       the MLflow run around a training: train_and_track(cfg)
+metric_writer  the helper process that writes per-epoch metrics
+plots          the run's pictures
+"""
