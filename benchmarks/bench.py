@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lecture_demo import Net as LectureNet  # the slides' network, as the demo script has it
 from torch import nn
 
 
@@ -53,20 +54,6 @@ class Row:
 # --- the seed recipe, as the slides write it ---------------------------------------------------
 
 
-class SeedNet(nn.Module):
-    def __init__(self, nin: int, nh: int, nout: int, output_sigmoid: bool) -> None:
-        super().__init__()
-        self.activation = nn.Sigmoid()
-        self.Dense1 = nn.Linear(nin, nh)
-        self.Dense2 = nn.Linear(nh, nout)
-        self.output_sigmoid = output_sigmoid
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.activation(self.Dense1(x))
-        out = self.Dense2(x)
-        return self.activation(out) if self.output_sigmoid else out
-
-
 def seed_recipe(case: Case, data: object, seed: int = 0) -> Row:
     """Slides 35-38: binary task -> sigmoid output + BCELoss; MNIST -> logits + CrossEntropyLoss.
     On torch's default CPU threads, as the slides' code runs (sweeplab's runs set their own)."""
@@ -77,7 +64,7 @@ def seed_recipe(case: Case, data: object, seed: int = 0) -> Row:
     binary = data.task == "binary"
     dataset = torch.utils.data.TensorDataset(data.x_train, data.y_train)
     loader = torch.utils.data.DataLoader(dataset, batch_size=case.batch_size, shuffle=True)
-    model = SeedNet(data.n_features, case.d_hidden, data.n_outputs, output_sigmoid=binary)
+    model = LectureNet(data.n_features, case.d_hidden, data.n_outputs, output_sigmoid=binary)
     opt = torch.optim.Adam(model.parameters(), lr=case.lr)
     criterion = nn.BCELoss() if binary else nn.CrossEntropyLoss()
     times = []

@@ -28,8 +28,10 @@ from sweeplab.training.tracking import train_and_track
 PACKAGE = PROJECT_ROOT / "src" / "sweeplab"
 # the in-function imports of sweeplab modules that are allowed, each for its reason
 LAZY_ON_PURPOSE = {
-    # torch and MLflow load only once the command line is parsed and the config checked
+    # torch loads only once the command line is parsed and the config checked
     ("train.py", "_hydra_main"): "sweeplab.training",
+    # MLflow (seconds) in the training process only where the helper process cannot write
+    ("training/mlflow_helper.py", "_apply_here"): "sweeplab.training.mlflow_store",
 }
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from sweeplab import runtime
 from sweeplab.config import CONF_DIR, Config, ConfigError, store_uri, to_config
+from sweeplab.training import mlflow_helper
 
 
 def summary(cfg: Config, metrics: dict[str, float], epochs: int, run_id: str) -> str:
@@ -36,16 +37,21 @@ def _hydra_main(composed: DictConfig) -> None:
         cfg = to_config(composed)
     except ConfigError as err:
         runtime.exit_with_error(err)
+    runtime.mark_phase("config composed and checked")
     runtime.raise_keyboard_interrupt_on_signals()
-    # torch and MLflow (seconds to import) only once the config is good: `--cfg job`, `--help`
-    # and a bad value answer at once
+    if cfg.tracking.background_metrics:
+        mlflow_helper.start()  # it imports MLflow on another core while this process loads torch
+    # torch (seconds to import) only once the config is good: `--cfg job`, `--help` and a bad
+    # value answer at once
     from sweeplab.training import tracking, trainer
 
+    runtime.mark_phase("torch imported")
     runtime.freeze_long_lived_objects()
     try:
         result, run_id = tracking.train_and_track(cfg)
     except trainer.DivergenceError as err:  # the run is FAILED in MLflow with this reason
         runtime.exit_with_error(err, code=1)
+    runtime.mark_phase("run ended: everything in the store")
     print(summary(cfg, result.metrics, len(result.history), run_id))
 
 

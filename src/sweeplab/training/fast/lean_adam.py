@@ -43,6 +43,11 @@ class FusedStep(NamedTuple):
 class LeanAdam(torch.optim.Adam):
     """torch.optim.Adam(fused=True), with a direct call of the fused kernel in the common case."""
 
+    # torch wraps these in torch._disable_dynamo, which imports torch._dynamo (a second of a
+    # command's start-up) on the first call; sweeplab never compiles, so the plain ones serve
+    add_param_group = inspect.unwrap(torch.optim.Optimizer.add_param_group)
+    zero_grad = inspect.unwrap(torch.optim.Optimizer.zero_grad)
+
     def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's signature
         if closure is not None or not self._lean_step():
             # torch's step without its hook wrapper: our own step is wrapped already, and the

@@ -1,0 +1,312 @@
+"""The MLflow side of tracking: what a run's messages do to the store, and the helper process
+that does it while training goes on.
+
+    store = RunStore()
+    run_id = store.apply(("start", key, spec))       # spec: uri, experiment, run_name, tags,
+                                                      # params, config_yaml
+    store.apply(("metrics", key, rows))               # rows of (name, value, timestamp, step)
+    store.apply(("artifacts", key, files, pictures))  # files by name; picture data to draw
+    store.apply(("end", key, "FINISHED", None, None)) # status, failure reason, traceback
+
+The training process never imports this module: it sends the messages through
+`mlflow_helper.Helper` to `python -m sweeplab.training.mlflow_store READ_FD WRITE_FD`, this
+module's `serve`, which applies them in order and confirms each. Only where the helper cannot
+write does the training process apply them itself, with a RunStore of its own. When the training
+process goes away without ending its runs (kill -9, the OOM killer), `serve` ends them KILLED.
+
+The default store is SQLite plus an artifact folder under the project's output folder
+(`config.store_uri`), wherever the command runs from.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import gc
+import re
+import sys
+import tempfile
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from mlflow.tracking import MlflowClient
+
+from sweeplab.config import TrackingConfig, store_uri
+from sweeplab.figures import pyplot
+from sweeplab.runtime import mark_phase
+from sweeplab.training import plots
+
+MAX_BATCH = 100  # MLflow's limit of params or tags per log_batch call
+MAX_METRICS = 1000  # MLflow's limit of metrics per log_batch call
+MAX_PARAM_CHARS = 6000  # MLflow's limit of a param value's length
+ORPHANED = "the training process ended without ending this run (killed?)"
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts beside a SQLite store (`<db dir>/mlartifacts/<experiment>`); servers choose."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / folder).as_uri()
+
+
+def client_for(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
+    """The client and experiment id that `cfg` names (cached per process by `connect`)."""
+    return connect(store_uri(cfg), cfg.experiment)
+
+
+@functools.lru_cache(maxsize=8)
+def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
+    """A client for `uri` and the id of `experiment` (created if new). Done once per process."""
+    with _store_lock(uri):  # processes creating a new SQLite store at once would race
+        client = MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return client, found.experiment_id
+        try:
+            return client, client.create_experiment(experiment, _artifact_location(uri, experiment))
+        except MlflowException:  # created meanwhile by a process using another store lock
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            return client, found.experiment_id
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive file lock beside a SQLite store (nothing for server stores)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(db.parent / f"{db.name}.lock", "a")  # noqa: SIM115 - closed below
+    except OSError as err:
+        raise RuntimeError(f"tracking.uri={uri}: cannot write in {db.parent}: {err}") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+class RunStore:
+    """Applies a training process's messages to MLflow; knows its runs by the sender's keys."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, tuple[str, str]] = {}  # key -> (uri, run id)
+        self.open: set[str] = set()  # keys of runs started and not ended
+        self._clients: dict[str, MlflowClient] = {}
+
+    def adopt(self, key: str, uri: str, run_id: str, ends_here: bool = True) -> None:
+        """A run another RunStore started (the helper's, before it died), or with `ends_here`
+        false one that another process ends (a sweep's parent run), known by `key` from now."""
+        self.runs[key] = (uri, run_id)
+        if ends_here:
+            self.open.add(key)
+
+    def apply(self, message: tuple) -> str | None:
+        """Do what `message` says; a start returns the new run's id."""
+        kind, key, *payload = message
+        return getattr(self, kind)(key, *payload)
+
+    def _client(self, key: str) -> tuple[MlflowClient, str]:
+        uri, run_id = self.runs[key]
+        if uri not in self._clients:
+            self._clients[uri] = fast_sqlite(MlflowClient(tracking_uri=uri))
+        return self._clients[uri], run_id
+
+    def start(self, key: str, spec: dict[str, Any]) -> str:
+        """A new run: `spec` holds its store's uri, experiment, run_name, tags, params (a
+        flat dict) and config_yaml (logged as config.yaml)."""
+        client, experiment_id = connect(spec["uri"], spec["experiment"])
+        fast_sqlite(client)
+        created = client.create_run(experiment_id, tags=spec["tags"], run_name=spec["run_name"])
+        run_id = created.info.run_id
+        self.runs[key] = (spec["uri"], run_id)
+        self.open.add(key)
+        params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in spec["params"].items()]
+        if not bulk_insert(
+            client, SqlParam, [{"run_uuid": run_id, "key": p.key, "value": p.value} for p in params]
+        ):
+            for i in range(0, len(params), MAX_BATCH):
+                client.log_batch(run_id, params=params[i : i + MAX_BATCH])
+        if spec.get("config_yaml"):
+            client.log_text(run_id, spec["config_yaml"], "config.yaml")
+        mark_phase("helper: run created (params, tags, config)")
+        return run_id
+
+    def metrics(self, key: str, rows: list[tuple[str, float, int, int]]) -> None:
+        client, run_id = self._client(key)
+        if not log_metrics_bulk(client, run_id, rows):
+            for i in range(0, len(rows), MAX_METRICS):
+                batch = [Metric(*row) for row in rows[i : i + MAX_METRICS]]
+                client.log_batch(run_id, metrics=batch)
+
+    def tags(self, key: str, tags: dict[str, str]) -> None:
+        client, run_id = self._client(key)
+        client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def artifacts(self, key: str, files: dict[str, bytes], pictures: dict | None) -> None:
+        """Files by name, and the pictures drawn from their data (training.plots)."""
+        client, run_id = self._client(key)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            for name, content in files.items():
+                (folder / name).write_bytes(content)
+            if pictures is not None:
+                plots.draw_run_pictures(pictures, folder)
+                mark_phase("helper: pictures drawn")
+            if any(folder.iterdir()):
+                client.log_artifacts(run_id, str(folder))
+
+    def end(self, key: str, status: str, reason: str | None, traceback_text: str | None) -> None:
+        if key not in self.runs:  # its start failed: there is nothing to end
+            return
+        client, run_id = self._client(key)
+        if traceback_text:
+            client.log_text(run_id, traceback_text, "traceback.txt")
+        if reason:
+            client.set_tag(run_id, "failure_reason", reason[:5000])
+        client.set_terminated(run_id, status)
+        self.open.discard(key)
+
+    def end_open_runs(self, status: str, reason: str) -> None:
+        for key in list(self.open):
+            self.end(key, status, reason, None)
+
+
+def fast_sqlite(client: MlflowClient) -> MlflowClient:
+    """A client whose SQLite store commits without waiting for the disk: write-ahead logging
+    (the database file's mode from then on) and synchronous=NORMAL on this process's
+    connections, which MLflow leaves at their slowest (a rollback journal, every commit synced).
+    After a power cut, not a crash, the last commits may be lost."""
+    store = _sql_store(client)
+    if store is None or store.engine.dialect.name != "sqlite" or id(store) in _FAST_SQLITE:
+        return client
+    _FAST_SQLITE.add(id(store))
+    with store.engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+    sqlalchemy.event.listen(
+        store.engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA synchronous=NORMAL")
+    )
+    store.engine.dispose()  # the connections already open are made again, with it
+    return client
+
+
+_FAST_SQLITE: set[int] = set()  # the stores fast_sqlite has set up, by id
+
+
+def _sql_store(client: MlflowClient) -> SqlAlchemyStore | None:
+    store = client._tracking_client.store
+    return store if isinstance(store, SqlAlchemyStore) else None
+
+
+def bulk_insert(client: MlflowClient, table: type, rows: list[dict[str, Any]]) -> bool:
+    """Rows into one of MLflow's tables (its SQLAlchemy model `table`) in one INSERT, where
+    the store is MLflow's SQL store; False (nothing done) elsewhere or if a row exists already:
+    then MLflow's own API writes them. MLflow's log_batch makes an ORM object of every row,
+    which costs a SQLite store hundreds of microseconds a value: more than a small network's
+    epoch."""
+    store = _sql_store(client)
+    if store is None or not rows:
+        return False
+    try:
+        with store.ManagedSessionMaker(read_only=False) as session:
+            session.execute(sqlalchemy.insert(table.__table__), rows)
+    except MlflowException as err:
+        if isinstance(err.__cause__, sqlalchemy.exc.IntegrityError):  # a retried write
+            return False
+        raise
+    return True
+
+
+def log_metrics_bulk(client: MlflowClient, run_id: str, rows: list[tuple]) -> bool:
+    """MLflow's SqlAlchemyStore._log_metrics_once in one INSERT: the rows (name, value,
+    timestamp, step) into MLflow's metrics table, then MLflow's own update of the run's latest
+    values. False (nothing done) where the store is not MLflow's SQL store, or on a duplicate."""
+    store = _sql_store(client)
+    if store is None or not rows:
+        return False
+    values = []
+    for name, value, timestamp, step in dict.fromkeys(rows):  # duplicates once, as MLflow does
+        is_nan, stored = store.sanitize_metric_value(value)
+        values.append(
+            {
+                "run_uuid": run_id,
+                "key": name,
+                "value": stored,
+                "timestamp": timestamp,
+                "step": step,
+                "is_nan": is_nan,
+            }
+        )
+    latest = {}
+    for row in values:  # only the newest of each name can change the run's latest values
+        newest = latest.get(row["key"])
+        if newest is None or (row["step"], row["timestamp"], row["value"]) > (
+            newest["step"],
+            newest["timestamp"],
+            newest["value"],
+        ):
+            latest[row["key"]] = row
+    try:
+        with store.ManagedSessionMaker(read_only=False) as session:
+            store._check_run_is_active(store._get_run(run_uuid=run_id, session=session))
+            session.execute(sqlalchemy.insert(SqlMetric.__table__), values)
+            store._update_latest_metrics_if_necessary(
+                [SqlMetric(**row) for row in latest.values()], session
+            )
+    except MlflowException as err:
+        if isinstance(err.__cause__, sqlalchemy.exc.IntegrityError):  # a retried write
+            return False
+        raise
+    return True
+
+
+def failure(err: BaseException) -> str:
+    """An error in one line, as a failure reason."""
+    return f"{type(err).__name__}: {err}"
+
+
+def serve(requests: Connection, replies: Connection) -> None:
+    """The helper: apply each message, in order, and answer ("done", number, result) or
+    ("failed", number, reason); end the runs left open when the training process goes."""
+    mark_phase("helper: MLflow imported")  # niced since it started (mlflow_helper)
+    gc.freeze()  # MLflow's objects are long-lived; full collections over them slowed writes
+    store = RunStore()
+    replies.send(("ready",))
+    matplotlib_loaded = False
+    while True:
+        if not matplotlib_loaded and store.runs and not requests.poll(0):
+            pyplot()  # while idle: the pictures at the run's end need not wait for its import
+            matplotlib_loaded = True
+        try:
+            number, message = requests.recv()
+        except EOFError:  # the training process closed the pipe or died
+            break
+        try:
+            result = store.apply(message)
+        except Exception as err:  # the training process applies it again and sees the error
+            replies.send(("failed", number, failure(err)))
+            continue
+        replies.send(("done", number, result))
+    try:
+        store.end_open_runs("KILLED", ORPHANED)
+    except Exception:  # nothing left to report to
+        traceback.print_exc(file=sys.stderr)
+
+
+if __name__ == "__main__":
+    serve(
+        Connection(int(sys.argv[1]), writable=False),
+        Connection(int(sys.argv[2]), readable=False),
+    )

@@ -1,0 +1,202 @@
+"""The MLflow helper process: a real helper writing to a real SQLite MLflow store, while the
+training process never imports MLflow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeplab.training import tracking
+from sweeplab.training.mlflow_helper import Helper, shared_helper
+from sweeplab.training.mlflow_store import ORPHANED
+from sweeplab.training.tracking import train_and_track
+
+
+@pytest.fixture
+def client(mlflow_uri):
+    return MlflowClient(mlflow_uri)
+
+
+@pytest.fixture
+def helper():
+    started = Helper()
+    yield started
+    started.close()
+
+
+def spec(uri, name="helper-test"):
+    return {
+        "uri": uri,
+        "experiment": "helper",
+        "run_name": name,
+        "tags": {"purpose": "test"},
+        "params": {"model.d_hidden": "4"},
+        "config_yaml": "model:\n  d_hidden: 4\n",
+    }
+
+
+def rows(first, last, key="val/acc"):
+    return [(key, step / 100, 1000 + step, step) for step in range(first, last + 1)]
+
+
+def steps(client, run_id, key="val/acc"):
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def start(helper, uri, name="helper-test"):
+    key = uuid.uuid4().hex
+    helper.send(("start", key, spec(uri, name)))
+    return key
+
+
+def test_helper_creates_the_run_and_writes_every_batch_by_sync(helper, client, mlflow_uri):
+    told = []
+    key = uuid.uuid4().hex
+    helper.on_started[key] = told.append
+    helper.send(("start", key, spec(mlflow_uri)))
+    helper.send(("metrics", key, rows(1, 1500)))  # more than one log_batch call
+    helper.send(("metrics", key, rows(1501, 1510)))
+    helper.send(("end", key, "FINISHED", None, None))
+    helper.sync()
+    run_id = helper.run_ids[key]
+    assert told == [run_id]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["model.d_hidden"] == "4"
+    assert run.data.tags["purpose"] == "test"
+    assert steps(client, run_id) == list(range(1, 1511))
+    assert helper._local is None  # all of it written by the helper process
+    assert helper._process.poll() is None and helper._process.pid != os.getpid()
+
+
+def test_helper_is_out_of_reach_of_ctrl_c_and_leaves_when_the_pipe_closes(helper):
+    # Ctrl-C signals the terminal's foreground process group: the helper is in its own session
+    assert os.getsid(helper._process.pid) != os.getsid(0)
+    helper.close()
+    assert helper._process.returncode == 0
+
+
+def test_killed_helper_loses_nothing(helper, client, mlflow_uri):
+    key = start(helper, mlflow_uri)
+    helper.send(("metrics", key, rows(1, 5)))
+    helper.sync()
+    helper._process.kill()
+    helper._process.wait()
+    helper.send(("metrics", key, rows(6, 10)))
+    helper.sync()  # finds the helper dead: applies here whatever it had not confirmed
+    helper.send(("metrics", key, rows(11, 12)))  # and from now on writes here
+    helper.send(("end", key, "FINISHED", None, None))
+    assert helper.broken and helper._local is not None
+    run_id = helper.run_ids[key]
+    assert steps(client, run_id) == list(range(1, 13))
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_message_the_helper_cannot_apply_raises_the_stores_error_here(helper, tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    if os.access(folder, os.W_OK):  # root writes anywhere
+        folder = tmp_path / "a-file"
+        folder.write_text("not a folder")
+    uri = f"sqlite:///{folder / 'sub' / 'mlflow.db'}"
+    key = start(helper, uri)
+    with pytest.raises(RuntimeError, match="cannot write"):
+        helper.sync()
+    assert not helper.broken  # the helper itself is fine
+    helper.send(("end", key, "FAILED", "no store", None))  # a run that never started: nothing
+
+
+ORPHAN = """
+import os, sys, uuid
+from sweeplab.training.mlflow_helper import Helper
+helper = Helper()
+key = uuid.uuid4().hex
+helper.send(("start", key, {spec!r}))
+helper.sync()
+print(helper.run_ids[key], helper._process.pid, flush=True)
+os._exit(1)  # no end, no close, no atexit: as if killed
+"""
+
+
+def test_helper_ends_the_runs_of_a_dead_training_process_killed_and_leaves(client, mlflow_uri):
+    done = subprocess.run(
+        [sys.executable, "-c", ORPHAN.format(spec=spec(mlflow_uri, "orphan"))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    run_id, helper = done.stdout.split()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(int(helper), 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(int(helper), signal.SIGKILL)
+        pytest.fail("the helper outlived its training process by 60 s")
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"] == ORPHANED
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_training_run_logs_every_epoch_either_way(make_config, client, background, monkeypatch):
+    # hand over after every epoch, so that a short test run goes through the helper many times
+    monkeypatch.setattr(tracking, "HAND_OVER_EVERY_S", 0.0)
+    monkeypatch.setattr(tracking, "WRITE_EVERY_S", 0.0)
+    before = shared_helper(background).sent
+    cfg = make_config(
+        "trainer.epochs=40",
+        f"tracking.background_metrics={str(background).lower()}",
+        "tracking.log_plots=false",
+        "tracking.log_model=false",
+    )
+    result, run_id = train_and_track(cfg)
+    history = client.get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in history) == list(range(1, 41))
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == [
+        h["train/loss"] for h in result.history
+    ]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert shared_helper(background).sent - before >= 40  # start, 40 hand-overs at least, end
+    assert shared_helper(background).broken == (not background)
+
+
+TRAIN_AND_LIST_MODULES = """
+import atexit, sys
+atexit.register(lambda: print("modules:", *sorted(
+    m for m in sys.modules if m.split(".")[0] == "mlflow" or m == "torch._dynamo"
+)))
+sys.argv = ["train", *{args!r}]
+from sweeplab.train import main
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    "args", [["experiment=lecture_synthetic"], ["data=regression", "trainer.lr_schedule=cosine"]]
+)
+def test_the_training_process_imports_neither_mlflow_nor_torch_dynamo(args, mlflow_uri, tmp_path):
+    args = [*args, "trainer.epochs=3", "trainer.progress=false", f"tracking.uri={mlflow_uri}"]
+    phases = tmp_path / "phases.txt"
+    done = subprocess.run(
+        [sys.executable, "-c", TRAIN_AND_LIST_MODULES.format(args=args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "SWEEPLAB_OUTPUT": str(tmp_path), "SWEEPLAB_PHASES": str(phases)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "MLflow run " in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "modules:"  # none of them
+    # one helper process, started first thing, wrote it all
+    assert phases.read_text().count("helper: MLflow imported") == 1
