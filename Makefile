@@ -21,7 +21,7 @@ install: $(VENV)/.installed ## create .venv and install sweeplab (editable) with
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
-	$(PY) -m sweeplab.training.fast.native || echo "sweeplab: no C++ training loop here; training uses the Python loop"
+	$(PY) -m sweeplab.training.fast || echo "sweeplab: no C++ training loop here; training uses the Python loop"
 	touch $@
 
 train: install ## one training run: make train ARGS="model.d_hidden=8 optimizer=sgd"
@@ -61,10 +61,12 @@ ui: install ## the MLflow UI on http://127.0.0.1:$(PORT) (local only)
 clean: ## delete generated output (MLflow store, studies, Hydra runs); keeps .venv and data/
 	rm -rf $(OUT)
 
-bench: install ## training speed: the lecture's PyTorch recipe vs sweeplab (report in outputs/bench/)
+bench: install ## training speed and whole commands: the lecture's recipe vs sweeplab (report in outputs/bench/)
 	$(PY) benchmarks/bench.py --profile --out $(OUT)/bench $(ARGS)
+	$(PY) benchmarks/whole_command.py --out $(OUT)/bench
 
-bench-sweeps: install ## per-trial cost, logging share, 1 vs 2 workers, pruning savings (~20 min)
+bench-sweeps: install ## stacked trials, per-trial cost, logging share, 1 vs 2 workers, pruning savings (~40 min)
+	$(PY) benchmarks/stacked_sweeps.py --out $(OUT)/bench
 	$(PY) benchmarks/trial_overhead.py --out $(OUT)/bench
 	$(PY) benchmarks/parallel_throughput.py --out $(OUT)/bench
 	$(PY) benchmarks/pruning_savings.py --out $(OUT)/bench

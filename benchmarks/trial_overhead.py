@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> None:
 
     register_configs()
     timed(worker, "compose_trial", "config compose")  # the name Worker calls
-    timed(tracking.MlflowRun, "start", "MLflow run start")
-    timed(tracking.MlflowRun, "log_result", "log result (test metrics, plots)")
-    timed(tracking.MlflowRun, "end", "MLflow run end")
+    timed(tracking.TrackedRun, "start", "MLflow run start (handed to the helper)")
+    timed(tracking.TrackedRun, "log_result", "log result (test metrics, plots)")
+    timed(tracking.TrackedRun, "end", "MLflow run end (waits for the helper)")
     timed(worker.Worker, "after_trial", "sweep bookkeeping (tags, best value)")
     timed(trainer, "load_dataset", "data (cached per process)")
     timed(trainer, "build_optimizer", "optimizer build")  # the name trainer.run calls
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         f"sweep.n_trials={args.trials}",
         "sweep.study_name=overhead",
         "sweep.pruner.name=none",
+        "sweep.stack=1",  # one trial at a time: the fixed cost of each
     ]
     lines = []
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -125,17 +126,17 @@ def main(argv: list[str] | None = None) -> None:
 
     # logging share: the same training alone, then with its MLflow run, in turns (the VM's speed
     # swings); the training process's time spent on per-epoch metrics (building them, handing them
-    # to the metric writer or writing them itself, the final flush) over the training alone
-    for name in ("log_metrics", "_hand_over", "flush"):
-        timed(tracking.MlflowRun, name, "metric logging")
+    # to the MLflow helper or writing them itself) over the training alone
+    for name in ("log_metrics", "_hand_over"):
+        timed(tracking.TrackedRun, name, "metric logging")
     cfg.tracking.log_plots = cfg.tracking.log_model = False
     modes = {  # label: (background_metrics, log_every_n_epochs)
-        "every epoch, metric writer process (default)": (True, 1),
+        "every epoch, MLflow helper process (default)": (True, 1),
         "every epoch, written by the training process": (False, 1),
         "every 4th epoch, written by the training process": (False, 4),
     }
     trainer.run(cfg)  # warm-up
-    train_and_track(cfg)  # starts this process's metric writer (~1 s, on another core)
+    train_and_track(cfg)  # starts this process's MLflow helper (seconds, on another core)
     alone: list[float] = []
     measured: dict[str, list[tuple[float, float]]] = {label: [] for label in modes}
     for _ in range(args.rounds):

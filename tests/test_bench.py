@@ -48,7 +48,7 @@ def test_trial_overhead_smoke(tmp_path):
     run_benchmark("trial_overhead.py", *args)
     report = (tmp_path / "trial_overhead.md").read_text()
     assert "**fixed cost per trial" in report
-    for label in ("every epoch, metric writer", "every epoch, written by", "every 4th epoch"):
+    for label in ("every epoch, MLflow helper", "every epoch, written by", "every 4th epoch"):
         assert f"| {label}" in report
 
 
@@ -57,3 +57,21 @@ def test_pruning_savings_smoke(tmp_path):
     run_benchmark("pruning_savings.py", *args)
     report = (tmp_path / "pruning.md").read_text()
     assert "| shipped | 3 |" in report and "| none | 3 | 0 | 6 |" in report
+
+
+def test_whole_command_smoke(tmp_path):
+    args = ("--demos", "synthetic", "--rounds", 1, "--epochs", 20, "--out", tmp_path)
+    run_benchmark("whole_command.py", *args)
+    report = (tmp_path / "whole_command.md").read_text()
+    for label in ("lecture recipe (script)", "sweeplab, store there", "sweeplab, new store"):
+        assert f"| {label} |" in report
+    # the phases of both processes, and the epoch times of the run they come from
+    assert "| epochs trained |" in report and "| helper: MLflow imported |" in report
+    assert "`time/epoch_s` of that run: median" in report and "over 20 epochs" in report
+
+
+def test_stacked_sweeps_smoke(tmp_path):
+    args = ("--parts", "budget", "--trials", 4, "--stacks", 1, 4, "--epochs", 20, "--out", tmp_path)
+    run_benchmark("stacked_sweeps.py", *args)
+    report = (tmp_path / "stacked_sweeps.md").read_text()
+    assert "| 1 |" in report and "| 4 |" in report

@@ -72,22 +72,27 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(mlflow_uri, tmp_path, _isol
         assert client.get_run(good.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
 
 
-def test_too_many_failures_stop_the_sweep_with_a_summary(mlflow_uri, tmp_path, _isolated_output):
+@pytest.mark.parametrize(("stack", "failed"), [(1, 5), (8, 8)])
+def test_too_many_failures_stop_the_sweep_with_a_summary(
+    stack, failed, mlflow_uri, tmp_path, _isolated_output
+):
+    """A trial at a time, the sweep stops after 5; in stacks of 8, after the first stack."""
     args = [
         *regression_sweep(tmp_path / "conf", "hopeless", "choice(1000000.0, 10000000.0)"),
         f"tracking.uri={mlflow_uri}",
         "sweep.n_trials=20",
+        f"sweep.stack={stack}",
     ]
     done = run_cli("sweeplab.sweep", *args, env={"SWEEPLAB_OUTPUT": str(_isolated_output)})
-    assert done.returncode == 1
+    assert done.returncode == 1, done.stderr[-2000:]
     assert (
-        "stopped: too many failed trials: 5 of 5 finished (sweep.max_failure_rate=0.5)"
-        in done.stdout
+        f"stopped: too many failed trials: {failed} of {failed} finished "
+        "(sweep.max_failure_rate=0.5)" in done.stdout
     )
     assert "no trial completed" in done.stdout
     journal = _isolated_output / "optuna" / "hopeless.journal"
     trials = optuna.load_study(study_name="hopeless", storage=make_storage(str(journal))).trials
-    assert len(trials) == 5 and all(t.state == TrialState.FAIL for t in trials)
+    assert len(trials) == failed and all(t.state == TrialState.FAIL for t in trials)
 
 
 @pytest.mark.slow

@@ -154,6 +154,7 @@ def test_pruning_stops_a_hopeless_trial(mlflow_uri):
         mlflow_uri,
         "sweep.study_name=prune",
         "sweep.n_trials=3",
+        "sweep.stack=1",  # a trial at a time (test_stack_sweep prunes in stacks)
         "trainer.epochs=12",
         "sweep.pruner.n_startup_trials=2",
         "sweep.pruner.n_warmup_steps=2",
@@ -276,20 +277,23 @@ def storage_for(kind, request, output):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("storage_kind", ["journal", "postgres"])
+@pytest.mark.parametrize(("stack", "trials", "epochs"), [(1, 6, 600), (4, 16, 1500)])
 def test_two_workers_share_one_storage_and_finish_exactly_the_budget(
-    storage_kind, request, mlflow_uri, _isolated_output
+    storage_kind, stack, trials, epochs, request, mlflow_uri, _isolated_output
 ):
+    """One trial at a time, or in stacks of 4: exactly the budget, each trial one child run."""
     storage = storage_for(storage_kind, request, _isolated_output)
-    study_name = f"parallel-{storage_kind}"
+    study_name = f"parallel-{storage_kind}-{stack}"
     done = run_cli(
         "sweeplab.sweep",
         # trials long enough that the second worker (seconds to start) gets some
         *sweep_overrides(
             mlflow_uri,
-            "sweep.n_trials=6",
+            f"sweep.n_trials={trials}",
             "sweep.workers=2",
+            f"sweep.stack={stack}",
             f"sweep.study_name={study_name}",
-            "trainer.epochs=600",  # about 1 s per trial
+            f"trainer.epochs={epochs}",  # about 1 s per trial, or per stack
             "data.n_train=1000",
             f"sweep.storage={storage}",
         ),
@@ -300,12 +304,15 @@ def test_two_workers_share_one_storage_and_finish_exactly_the_budget(
     assert "database is locked" not in done.stderr
     study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
     numbers = [t.number for t in study.trials]
-    assert len(numbers) == len(set(numbers)) == 6
+    assert len(numbers) == len(set(numbers)) == trials
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    # every epoch's value reached the storage, for the pruners of later trials
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert complete and all(len(t.intermediate_values) == epochs for t in complete)
     parent = study.user_attrs["mlflow_parent_run_id"]
     tags = sorted(int(r.data.tags["optuna.trial"]) for r in children(mlflow_uri, parent))
-    assert tags == list(range(6))
+    assert tags == list(range(trials))
 
 
 def two_worker_sweep(mlflow_uri, output, study_name, *extra, sweep="synthetic"):
@@ -327,7 +334,12 @@ def two_worker_sweep(mlflow_uri, output, study_name, *extra, sweep="synthetic"):
 def test_two_workers_cover_a_grid_exactly_once(mlflow_uri, _isolated_output):
     """Every worker must order the grid alike: 45 trials of the 5 x 3 x 3 grid, no point twice."""
     done, study = two_worker_sweep(
-        mlflow_uri, _isolated_output, "grid2", "trainer.epochs=2", sweep="synthetic_widths"
+        mlflow_uri,
+        _isolated_output,
+        "grid2",
+        "trainer.epochs=2",
+        "sweep.stack=1",  # a grid point at a time: the second worker gets some
+        sweep="synthetic_widths",
     )
     assert "[w1] trial" in done.stdout
     points = {tuple(sorted(t.params.items())) for t in study.trials}
@@ -363,6 +375,7 @@ def test_killed_sweep_resumes_failing_and_retrying_the_orphan(
     args = sweep_overrides(
         mlflow_uri,
         "sweep.n_trials=4",
+        "sweep.stack=1",  # a trial at a time (test_stack_sweep kills a stacked worker)
         f"sweep.study_name={study_name}",
         "trainer.epochs=400",
         "data.n_train=400",
@@ -413,21 +426,12 @@ def test_killed_sweep_resumes_failing_and_retrying_the_orphan(
     assert orphan.info.status == "KILLED"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_sweep_ends_runs_killed_and_resumes(signum, mlflow_uri, _isolated_output):
-    study_name = f"interrupted-{signum.name}"
-    args = sweep_overrides(
-        mlflow_uri,
-        "sweep.n_trials=3",
-        f"sweep.study_name={study_name}",
-        "trainer.epochs=300",
-        "data.n_train=400",
-    )
-    env = {**os.environ, "SWEEPLAB_OUTPUT": str(_isolated_output)}
+def sweep_in_background(args, output, study_name, ready):
+    """`python -m sweeplab.sweep ARGS` as a subprocess, returned with its running trials once
+    `ready(running trials)` holds and each has its MLflow run."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "sweeplab.sweep", *args],
-        env=env,
+        env={**os.environ, "SWEEPLAB_OUTPUT": str(output)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -435,23 +439,39 @@ def test_interrupted_sweep_ends_runs_killed_and_resumes(signum, mlflow_uri, _iso
         # SIGINT ignored, and Python then never raises KeyboardInterrupt for it
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    storage = str(_isolated_output / "optuna" / f"{study_name}.journal")
+    storage = str(output / "optuna" / f"{study_name}.journal")
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.3)
         with contextlib.suppress(KeyError, ValueError):
             study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
             running = study.get_trials(states=(TrialState.RUNNING,))
-            if (
-                running
-                # early in the trial: it cannot finish before the signal lands
-                and 0 < len(running[0].intermediate_values) < 150
-                and "mlflow_run_id" in running[0].user_attrs
-            ):
-                break
-    else:
-        proc.kill()
-        pytest.fail("no trial got going")
+            if ready(running) and all("mlflow_run_id" in t.user_attrs for t in running):
+                return proc, running
+    proc.kill()
+    pytest.fail("the sweep's trials never got going")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_sweep_ends_runs_killed_and_resumes(signum, mlflow_uri, _isolated_output):
+    study_name = f"interrupted-{signum.name}"
+    args = sweep_overrides(
+        mlflow_uri,
+        "sweep.n_trials=3",
+        "sweep.stack=1",  # a trial at a time (test_stack_sweep interrupts a stacked worker)
+        f"sweep.study_name={study_name}",
+        "trainer.epochs=300",
+        "data.n_train=400",
+    )
+    proc, _ = sweep_in_background(
+        args,
+        _isolated_output,
+        study_name,
+        # early in the trial: it cannot finish before the signal lands
+        lambda running: len(running) == 1 and 0 < len(running[0].intermediate_values) < 150,
+    )
+    storage = str(_isolated_output / "optuna" / f"{study_name}.journal")
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]

@@ -16,10 +16,11 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -31,6 +32,7 @@ LR_SCHEDULES = ("none", "cosine", "step")
 DIRECTIONS = ("maximize", "minimize")
 EPOCH_METRICS = ("val/acc", "val/loss", "train/acc", "train/loss")  # what a sweep may optimise
 
+YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's, where it is built
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
 
@@ -227,6 +229,7 @@ class AdagradConfig(OptimizerConfig):
 class TrainerConfig:
     batch_size: int = 100  # B: each epoch reshuffles and makes ceil(n_train / B) steps
     epochs: int = 1000
+    shuffle_seed: int | None = None  # seeds the mini-batch order (and augmentation); null = `seed`
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     # torch CPU threads; 0 = 1 for a small step (B x widest layer < 16384), else torch's default
     # (a sweep worker: its share of the cores)
@@ -258,8 +261,8 @@ class TrackingConfig:
     log_model: bool = True  # the trained state_dict
     # metrics of every Nth epoch (and of the last one) go to MLflow; 1 = every epoch
     log_every_n_epochs: int = 1
-    # per-epoch metrics are written by a helper process while training goes on (MLflow's SQL
-    # store is slow per value); false = written by the training process itself
+    # the run (params, metrics, pictures, model, end state) is written to MLflow by a helper
+    # process while training goes on; false = by the training process itself
     background_metrics: bool = True
 
 
@@ -282,6 +285,9 @@ class SweepConfig:
     max_failure_rate: float = 0.5  # stop once more than this fraction of finished trials failed
     workers: int = 1  # processes running trials at once on this machine
     n_jobs: int | None = None  # hydra-optuna-sweeper's name for `workers`
+    # trials a worker trains at once as one stacked network; 0 = as many as pays (the sweep says)
+    stack: int = 0
+    repeats: int = 1  # seeds per trial (members of its stack); its value is their mean
     params: dict[str, Any] = field(default_factory=dict)  # key -> sweep expression
 
 
@@ -529,6 +535,8 @@ def _check_sweep(sweep: SweepConfig, cfg: Config) -> None:
     _require(
         sweep.n_jobs is None or sweep.n_jobs >= 1, "sweep.n_jobs", sweep.n_jobs, "must be >= 1"
     )
+    _require(sweep.stack >= 0, "sweep.stack", sweep.stack, "must be >= 0 (0 = as many as pay)")
+    _require(sweep.repeats >= 1, "sweep.repeats", sweep.repeats, "must be >= 1")
     _require(
         0 <= sweep.max_failure_rate <= 1,
         "sweep.max_failure_rate",
@@ -545,12 +553,12 @@ def _check_sweep(sweep: SweepConfig, cfg: Config) -> None:
 
 def to_yaml(cfg: Config) -> str:
     """The resolved config as YAML, loadable again by `to_config` (and by `sweeplab.train`)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    return yaml.dump(asdict(cfg), Dumper=YAML_DUMPER, sort_keys=False)
 
 
 def to_flat_dict(cfg: Config) -> dict[str, Any]:
     """The config as `{"model.d_hidden": 4, ...}`, the form MLflow params take."""
-    nested = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    nested = asdict(cfg)
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:

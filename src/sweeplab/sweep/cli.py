@@ -29,14 +29,19 @@ from sweeplab.sweep.worker import TOO_MANY_FAILED
 
 def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in summary.counts.items())
+    trials, stacks = summary.stacked
+    if stacks:
+        counts += f"; {trials} trials in {stacks} stack{'s' if stacks > 1 else ''}"
     print(
         f"\nstudy '{summary.study_name}' stopped: {summary.stop_reason} ({counts}) in {summary.wall_s:.1f}s"
     )
     if summary.best_value is None:
         print("no trial completed")
         return
-    print(f"best {plan.objective} = {summary.best_value:.4f}  {describe(summary.best_params)}")
-    test = summary.best_test or {}
+    std = summary.best_test.get(f"{plan.objective}_std") if summary.best_test else None
+    shown = f"{summary.best_value:.4f}" + (f" +- {std:.4f}" if std is not None else "")
+    print(f"best {plan.objective} = {shown}  {describe(summary.best_params)}")
+    test = {k: v for k, v in (summary.best_test or {}).items() if k.startswith("test/")}
     if test:
         print(
             "its test metrics: "

@@ -6,6 +6,7 @@ cfg = compose_trial(plan, {"model.d_hidden": 8})        # one trial's typed conf
 
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,9 +24,11 @@ from sweeplab.config import (
     output_dir,
     sweep_objective,
     to_config,
+    validate,
 )
 from sweeplab.sweep.sampling import make_pruner, make_sampler
 from sweeplab.sweep.space import SearchSpace, extremes, parse_space, to_overrides
+from sweeplab.training.stack.trainer import STACKABLE
 
 
 @dataclass
@@ -40,6 +43,7 @@ class SweepPlan:
     storage: str  # an RDB URL, or the path of a journal file
     tracking: TrackingConfig
     config_name: str = "config"
+    example: Config | None = None  # a trial's config, made when the space was checked
 
     @property
     def workers(self) -> int:
@@ -93,10 +97,51 @@ def plan_sweep(
         return plan
     for values in extremes(space):
         try:
-            compose_trial(plan, values)
+            cfg = compose_trial(plan, values)
+            plan.example = plan.example or cfg
         except ConfigError as err:
             raise ConfigError(f"{err} (from sweep.params: {values})") from None
     return plan
+
+
+def stackable(key: str) -> bool:
+    """Whether trials that differ in `key` (a sweep parameter) can share a stack."""
+    return key.startswith(STACKABLE) and (key == "seed" or "." in key)
+
+
+def compose_trials(plan: SweepPlan, values: list[dict[str, Any]]) -> list[Config]:
+    """The typed configs of many trials: Hydra composes each distinct set of the values that
+    stacked trials share once (`compose_trial`); the values that may differ within a stack are
+    set on a copy of it and checked (config.validate), a fraction of a composition's cost."""
+    composed: dict[tuple, Config] = {}
+    configs = []
+    for trial_values in values:
+        shared = {k: v for k, v in trial_values.items() if not stackable(k)}
+        key = tuple(sorted((k, repr(v)) for k, v in shared.items()))
+        if key not in composed:
+            composed[key] = compose_trial(plan, shared)
+        cfg = copy.deepcopy(composed[key])
+        for dotted, value in trial_values.items():
+            if stackable(dotted):
+                _set(cfg, dotted, value)
+        try:
+            validate(cfg)
+        except ConfigError as err:
+            raise ConfigError(f"{err} (from sweep.params: {trial_values})") from None
+        configs.append(cfg)
+    return configs
+
+
+def _set(cfg: Config, dotted: str, value: Any) -> None:
+    """cfg.<dotted> = value, in the type the schema has there (an int sampled for a float)."""
+    *path, name = dotted.split(".")
+    node = cfg
+    for part in path:
+        node = getattr(node, part)
+    current = getattr(node, name)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    setattr(node, name, value)
 
 
 def compose_trial(plan: SweepPlan, values: dict[str, Any]) -> Config:

@@ -8,10 +8,13 @@ The same files are written to `outputs/sweeps/<study>/`.
 
 from __future__ import annotations
 
+import csv
+import functools
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -27,7 +30,7 @@ from sweeplab.figures import pyplot
 from sweeplab.sweep.plan import SweepPlan, compose_trial
 from sweeplab.sweep.space import to_overrides
 from sweeplab.sweep.storage import best_or_none, redact
-from sweeplab.training.tracking import MAX_BATCH, client_for
+from sweeplab.training.mlflow_store import MAX_BATCH, client_for
 
 
 def mlflow_client(plan: SweepPlan) -> tuple[MlflowClient, str]:
@@ -110,6 +113,7 @@ class SweepSummary:
     best_config_path: Path | None = None
     parent_run_id: str | None = None
     wall_s: float = 0.0
+    stacked: tuple[int, int] = (0, 0)  # trials trained in stacks, and how many stacks
 
 
 def report(plan: SweepPlan, study: optuna.Study, parent_run_id: str, reason: str) -> SweepSummary:
@@ -121,10 +125,12 @@ def report(plan: SweepPlan, study: optuna.Study, parent_run_id: str, reason: str
         for s in TrialState
         if any(t.state == s for t in trials)
     }
+    stacks = [t.user_attrs["stack"] for t in trials if "stack" in t.user_attrs]
     summary = SweepSummary(plan.study_name, reason, counts, parent_run_id=parent_run_id)
+    summary.stacked = (len(stacks), len(set(stacks)))
     folder = output_dir() / "sweeps" / plan.study_name
     folder.mkdir(parents=True, exist_ok=True)
-    study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
+    write_trials_csv(trials, folder / "trials.csv")
     client.log_artifact(parent_run_id, str(folder / "trials.csv"))
     for path in save_study_plots(study, folder):
         client.log_artifact(parent_run_id, str(path), "optuna")
@@ -132,6 +138,8 @@ def report(plan: SweepPlan, study: optuna.Study, parent_run_id: str, reason: str
     if best is not None:
         try:
             cfg = compose_trial(plan, best.params)
+            # a stacked trial trained on its stack's batch order: the rerun takes the same
+            cfg.trainer.shuffle_seed = best.user_attrs.get("trainer.shuffle_seed")
         except ConfigError as err:  # e.g. conf/ changed under a long sweep
             print(f"warning: the best trial's config no longer composes: {err}", file=sys.stderr)
         else:
@@ -142,7 +150,9 @@ def report(plan: SweepPlan, study: optuna.Study, parent_run_id: str, reason: str
         summary.best_value = best.value
         summary.best_params = dict(best.params)
         summary.best_run_id = best.user_attrs.get("mlflow_run_id")
-        summary.best_test = {k: v for k, v in best.user_attrs.items() if k.startswith("test/")}
+        summary.best_test = {  # test metrics, and with repeats standard deviations
+            k: v for k, v in best.user_attrs.items() if k.startswith("test/") or k.endswith("_std")
+        }
         for key, value in {
             "best_trial": str(best.number),
             "best_value": f"{best.value:.6g}",
@@ -152,6 +162,33 @@ def report(plan: SweepPlan, study: optuna.Study, parent_run_id: str, reason: str
     for state, count in counts.items():
         client.log_metric(parent_run_id, f"trials/{state.lower()}", count)
     return summary
+
+
+def write_trials_csv(trials: list[optuna.trial.FrozenTrial], path: Path) -> None:
+    """One row per trial, as Optuna's `trials_dataframe` has them (without loading pandas):
+    number, value, state, start, duration, then params_* and user_attrs_* columns."""
+    params = sorted({key for t in trials for key in t.params})
+    attrs = sorted({key for t in trials for key in t.user_attrs})
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["number", "value", "state", "datetime_start", "duration_s"]
+            + [f"params_{key}" for key in params]
+            + [f"user_attrs_{key}" for key in attrs]
+        )
+        for t in trials:
+            duration = t.duration.total_seconds() if t.duration is not None else ""
+            writer.writerow(
+                [
+                    t.number,
+                    "" if t.value is None else t.value,
+                    t.state.name,
+                    t.datetime_start,
+                    duration,
+                ]
+                + [t.params.get(key, "") for key in params]
+                + [t.user_attrs.get(key, "") for key in attrs]
+            )
 
 
 def best_config_yaml(
@@ -169,17 +206,28 @@ def best_config_yaml(
     return header + to_yaml(cfg) + hydra_section
 
 
+def load_plotting() -> tuple[ModuleType, type]:
+    """Optuna's matplotlib plots and its PED-ANOVA evaluator, with matplotlib and scikit-learn
+    (seconds to import: only in the process that reports, not in every worker's start-up)."""
+    import optuna.visualization.matplotlib as optuna_plots
+    from optuna.importance import PedAnovaImportanceEvaluator
+
+    pyplot()
+    return optuna_plots, PedAnovaImportanceEvaluator
+
+
 def save_study_plots(study: optuna.Study, folder: Path) -> list[Path]:
     """Optuna's optimisation history, parallel coordinates, parameter importances and slice plots
     as PNGs; a plot the study cannot make yet (e.g. importances from one trial) is skipped."""
-    # matplotlib comes with it: loaded when the sweep ends, not in every worker's start-up
-    import optuna.visualization.matplotlib as optuna_plots
-
+    optuna_plots, PedAnovaImportanceEvaluator = load_plotting()  # noqa: N806 - a class
     plt = pyplot()
     makers = {
         "optimization_history": optuna_plots.plot_optimization_history,
         "parallel_coordinate": optuna_plots.plot_parallel_coordinate,
-        "param_importances": optuna_plots.plot_param_importances,
+        # PED-ANOVA: Optuna's fast importance evaluator (its default fANOVA fits a forest)
+        "param_importances": functools.partial(
+            optuna_plots.plot_param_importances, evaluator=PedAnovaImportanceEvaluator()
+        ),
         "slice": optuna_plots.plot_slice,
     }
     written = []

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import optuna
@@ -26,6 +27,7 @@ from sweeplab.sweep.results import (
     close_orphan_runs,
     count_invocation,
     find_or_create_parent,
+    load_plotting,
     mlflow_client,
     report,
 )
@@ -70,6 +72,9 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
         count_invocation(plan, parent_run_id)
     deadline = started + plan.settings.timeout if plan.settings.timeout else None
     procs = _start_workers(plan, argv, deadline) if argv is not None else []
+    # the plots at the end need matplotlib and scikit-learn (seconds to import): a thread
+    # imports them while the trials train, on the core a small network leaves idle
+    threading.Thread(target=load_plotting, daemon=True).start()
     bar = _progress(plan, study)
     worker.on_trial_done.append(lambda line: _echo(bar, line, study))
     client, _ = mlflow_client(plan)

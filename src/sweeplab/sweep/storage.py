@@ -24,8 +24,11 @@ from typing import Any
 import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._rdb import models
 from optuna.storages.journal import JournalFileBackend
-from sqlalchemy import create_engine, text
+from optuna.storages.journal._storage import JournalOperation
+from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
 from sweeplab.config import ConfigError
@@ -65,7 +68,67 @@ def make_storage(storage: str) -> optuna.storages.BaseStorage:
             pass
     except OSError as err:
         raise ConfigError(f"sweep.storage={storage!r}: cannot write there ({err})") from None
-    return JournalStorage(InterruptSafeJournalFileBackend(str(path)))
+    return SweepJournalStorage(InterruptSafeJournalFileBackend(str(path)))
+
+
+class SweepJournalStorage(JournalStorage):
+    """Optuna's journal storage, which can also write many trials' intermediate values at once:
+    a stack's members report every epoch, and one write (a lock, an append, a sync) for all of
+    them costs what one `Trial.report` does. The log lines are those Trial.report writes."""
+
+    def set_intermediate_values(self, values: list[tuple[int, int, float]]) -> None:
+        """(trial id, step, value) of many trials, in one append to the journal."""
+        worker = self._replay_result.worker_id
+        logs = [
+            {
+                "op_code": JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE,
+                "worker_id": worker,
+                "trial_id": trial_id,
+                "step": step,
+                "intermediate_value": value,
+            }
+            for trial_id, step, value in values
+        ]
+        with self._thread_lock:
+            self._backend.append_logs(logs)
+            self._sync_with_backend()
+
+
+def keep_reports(reports: list[tuple[optuna.Trial, float, int]]) -> None:
+    """What `Trial.report` keeps in the trial object: each value for its `should_prune`."""
+    for trial, value, step in reports:
+        trial._cached_frozen_trial.intermediate_values[step] = value
+
+
+def write_reports(reports: list[tuple[optuna.Trial, float, int]]) -> None:
+    """What `Trial.report` writes to the storage, for many trials and steps: in one journal
+    append, or one SQL insert (a stack reports each trial's step once, so every row is new),
+    where Optuna's own calls would take a transaction per value."""
+    if not reports:
+        return
+    storage = reports[0][0].storage
+    values = [(trial._trial_id, step, value) for trial, value, step in reports]
+    if isinstance(storage, SweepJournalStorage):
+        storage.set_intermediate_values(values)
+        return
+    rdb = storage._backend if isinstance(storage, _CachedStorage) else storage
+    if not isinstance(rdb, RDBStorage):
+        for trial_id, step, value in values:
+            storage.set_trial_intermediate_value(trial_id, step, value)
+        return
+    row = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr
+    rows = [
+        dict(
+            zip(
+                ("trial_id", "step", "intermediate_value", "intermediate_value_type"),
+                (trial_id, step, *row(value)),
+                strict=True,
+            )
+        )
+        for trial_id, step, value in values
+    ]
+    with rdb.engine.begin() as connection:
+        connection.execute(insert(models.TrialIntermediateValueModel), rows)
 
 
 class InterruptSafeJournalFileBackend(JournalFileBackend):
@@ -152,9 +215,11 @@ def is_dead(owner: str | None, started: datetime | None) -> bool:
 
 @contextlib.contextmanager
 def quiet_experimental() -> Iterator[None]:
-    """Optuna's heartbeat and journal features warn that they are experimental, at every call."""
+    """Optuna's heartbeat and journal features warn that they are experimental, at every call,
+    and `Study.ask` that heartbeats are for `Study.optimize` (a stack beats for its trials)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with")
         yield
 
 

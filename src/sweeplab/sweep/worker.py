@@ -1,10 +1,10 @@
-"""A worker of a study: claims trials one at a time and trains each as an MLflow child run.
+"""A worker of a study: claims trials and trains each as an MLflow child run.
 
 A worker repeats: take the study's lock, fail trials whose process died (and queue them once
-more), count the budget, start a trial, release the lock as soon as the trial exists. So any
-number of workers, started by `sweeplab.sweep` or by hand on other machines, finish exactly
-`n_trials` trials between them. Each trial is `training.tracking.train_and_track` with the
-sweep's parent run and a pruning callback.
+more), count the budget, start a trial (or the trials of a stack, `stacking`), release the lock
+as soon as the trials exist. So any number of workers, started by `sweeplab.sweep` or by hand
+on other machines, finish exactly `n_trials` trials between them. A trial alone is
+`training.tracking.train_and_track` with the sweep's parent run and a pruning callback.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable
 
 import optuna
-from mlflow.entities import Metric
 from optuna.trial import TrialState
 
-from sweeplab.sweep.plan import SweepPlan, compose_trial
-from sweeplab.sweep.space import describe, suggest, to_overrides
+from sweeplab.config import store_uri
+from sweeplab.sweep import stacking
+from sweeplab.sweep.plan import SweepPlan, compose_trial, compose_trials
+from sweeplab.sweep.space import describe, extremes, suggest, to_overrides
 from sweeplab.sweep.storage import (
     BudgetLock,
     best_or_none,
@@ -29,7 +30,8 @@ from sweeplab.sweep.storage import (
     quiet_experimental,
     worker_id,
 )
-from sweeplab.training.tracking import client_for, train_and_track
+from sweeplab.training.mlflow_helper import shared_helper
+from sweeplab.training.tracking import train_and_track
 from sweeplab.training.trainer import Callback, auto_threads
 
 MIN_FINISHED_FOR_FAILURE_RATE = 5
@@ -67,13 +69,33 @@ class Worker:
         self.lock = BudgetLock(plan.storage, plan.study_name)
         self.threads = max(1, len(os.sched_getaffinity(0)) // plan.workers)
         self.on_trial_done: list[Callable[[str], None]] = []  # each gets the line of a trial
+        # the MLflow helper writes the sweep's per-trial tags and its parent's best value
+        self.helper = shared_helper(plan.tracking.background_metrics)
+        self.parent_key = f"study-{plan.study_name}"
+        uri = store_uri(plan.tracking)
+        self.helper.send(("adopt", self.parent_key, uri, parent_run_id, False))
+        example = plan.example or compose_trials(plan, [extremes(plan.space)[0]])[0]
+        self.stack_size = stacking.stack_size(plan, example)
+
+    def run_key(self, number: int) -> str:
+        """How the MLflow helper knows trial `number`'s run."""
+        return f"{self.plan.study_name}-trial-{number}-{worker_id()}"
+
+    def count(self) -> dict[TrialState, int]:
+        count = {state: 0 for state in TrialState}
+        for trial in self.study.get_trials(deepcopy=False):
+            count[trial.state] += 1
+        return count
+
+    def room(self) -> int:
+        """Trials the budget still has room for (finished and running ones count)."""
+        count = self.count()
+        used = count[TrialState.COMPLETE] + count[TrialState.PRUNED] + count[TrialState.RUNNING]
+        return self.plan.settings.n_trials - used
 
     def stop_reason(self, deadline: float | None) -> str | None:
         """Why no further trial may start (budget, failures, timeout), or None."""
-        trials = self.study.get_trials(deepcopy=False)
-        count = {state: 0 for state in TrialState}
-        for trial in trials:
-            count[trial.state] += 1
+        count = self.count()
         used = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
         running = count[TrialState.RUNNING]
         failed = count[TrialState.FAIL]
@@ -134,6 +156,7 @@ class Worker:
             },
             finished_on=(optuna.TrialPruned,),
             on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+            key=self.run_key(trial.number),
         )
         value = result.metrics[self.plan.objective]
         if not math.isfinite(value):
@@ -143,22 +166,22 @@ class Worker:
         return value
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """Tag the trial's MLflow run with its state, log the parent's best-so-far, print a line."""
-        client, _ = client_for(self.plan.tracking)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            client.set_tag(run_id, "optuna.trial_state", trial.state.name)
+        """Tag the trial's MLflow run with its state, log the parent's best-so-far, print a line
+        (the MLflow writes go through the helper)."""
+        key = self.run_key(trial.number)
+        if key in self.helper.uris:  # its run was started (a trial can fail before)
+            self.helper.send(("tags", key, {"optuna.trial_state": trial.state.name}))
         best = best_or_none(study)
         if trial.state == TrialState.COMPLETE and best is not None:
             now = int(time.time() * 1000)
-            client.log_batch(
-                self.parent_run_id,
-                metrics=[
-                    Metric("best_value", best.value, now, trial.number),
-                    Metric("trial_value", trial.value, now, trial.number),
-                ],
-            )
+            rows = [
+                ("best_value", best.value, now, trial.number),
+                ("trial_value", trial.value, now, trial.number),
+            ]
+            self.helper.send(("metrics", self.parent_key, rows))
         shown = f"{self.plan.objective}={trial.value:.4f}" if trial.value is not None else ""
+        std = trial.user_attrs.get(f"{self.plan.objective}_std")  # with sweep.repeats
+        shown += f"+-{std:.4f}" if shown and std is not None else ""
         params = describe(trial.params)
         best_text = f"best={best.value:.4f} (trial {best.number})" if best else "best=-"
         line = f"{self.label}trial {trial.number:>3} {trial.state.name:<8} {shown:<16} {best_text}  {params}"
@@ -173,10 +196,30 @@ class Worker:
                 self.reconcile()
                 reason = self.stop_reason(deadline)
                 if reason:
+                    self.helper.sync()  # the trials' tags and the best value are in the store
                     return reason
-                with quiet_experimental():
-                    self.study.optimize(
-                        self.objective, n_trials=1, catch=(Exception,), callbacks=[self.after_trial]
-                    )
+                if self.stack_size == 1 and self.plan.settings.repeats == 1:
+                    with quiet_experimental():
+                        self.study.optimize(
+                            self.objective,
+                            n_trials=1,
+                            catch=(Exception,),
+                            callbacks=[self.after_trial],
+                        )
+                    continue
+                claimed = stacking.claim(self.study, self.plan, min(self.stack_size, self.room()))
+                self.lock.release()  # the trials exist now: other workers count them
+                stacking.train_claimed(claimed, self.stacking_context())
             finally:
                 self.lock.release()
+
+    def stacking_context(self) -> stacking.Context:
+        return stacking.Context(
+            self.plan,
+            self.study,
+            self.parent_run_id,
+            self.threads,
+            self.run_key,
+            self.after_trial,
+            announce=lambda line: [hook(f"{self.label}{line}") for hook in self.on_trial_done],
+        )

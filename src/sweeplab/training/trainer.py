@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from sweeplab.config import Config
+from sweeplab.runtime import mark_phase
 from sweeplab.training.data import Dataset, RandomShift, load_dataset
 from sweeplab.training.fast import ManualSteps, fast_steps
 from sweeplab.training.fast.lean_adam import step_function
@@ -182,8 +183,13 @@ def auto_threads(cfg: Config, available: int) -> int:
     """The CPU threads for `cfg` when `trainer.num_threads` is 0: 1 for a small step, else
     `available`."""
     data = load_dataset(cfg.data)  # cached per process: the same arrays the run trains on
-    widest = max(data.n_features, cfg.model.d_hidden, data.n_outputs)
-    return 1 if cfg.trainer.batch_size * widest < SMALL_STEP_ELEMENTS else available
+    return threads_for(cfg.trainer.batch_size, data, cfg.model.d_hidden, available)
+
+
+def threads_for(batch_size: int, data: Dataset, hidden_units: int, available: int) -> int:
+    """1 thread for a step whose widest layer times the batch is small, else `available`."""
+    widest = max(data.n_features, hidden_units, data.n_outputs)
+    return 1 if batch_size * widest < SMALL_STEP_ELEMENTS else available
 
 
 @dataclass
@@ -229,13 +235,16 @@ def setup(cfg: Config) -> Setup:
         loss_fn,
         steps or AutogradSteps(model, optimizer, loss_fn),
         augment,
-        torch.Generator().manual_seed(cfg.seed),
+        torch.Generator().manual_seed(
+            cfg.seed if cfg.trainer.shuffle_seed is None else cfg.trainer.shuffle_seed
+        ),
     )
 
 
 def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
     """Train the network `cfg` describes; callbacks see every epoch. Returns the final metrics."""
     s = setup(cfg)
+    mark_phase("data, model and optimizer ready")
     data, model, eval_chunk = s.data, s.model, cfg.trainer.eval_batch_size
     # a loss this far above the untrained network's has diverged even while it is finite
     initial_loss, _ = evaluate(model, s.loss_fn, data.x_val, data.y_val, data.task, eval_chunk)
@@ -268,7 +277,9 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
         history.append(metrics)
         for callback in callbacks:
             callback.on_epoch_end(epoch, metrics)
+    mark_phase("epochs trained")
     result = TrainResult(final_metrics(s, history[-1], eval_chunk), history, model, data)
+    mark_phase("test metrics measured")
     for callback in callbacks:
         callback.on_train_end(result)
     return result

@@ -1,6 +1,6 @@
 """The training steps of an epoch in C++ (native_loop.cpp): the hand-derived gradients and Adam.
 
-    python -m sweeplab.training.fast.native    # build it now (make install does); prints where
+    python -m sweeplab.training.fast    # build it now (make install does); prints where it is
 
 `train_steps` makes exactly the ATen calls of the Python loop (`ManualBackprop`, then
 `LeanAdam`'s step; weights bit-identical, tested) in one C++ loop over an epoch's batches: what
@@ -15,6 +15,7 @@ why, once.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ from sweeplab.training.fast.backprop import ManualBackprop
 from sweeplab.training.fast.lean_adam import LeanAdam
 
 SOURCE = Path(__file__).with_name("native_loop.cpp")
+STACK_SOURCE = Path(__file__).with_name("stack_loop.cpp")  # a stack's steps (training.stack)
 TASKS = {"binary": 0, "multiclass": 1, "regression": 2}
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "relu": 2}
 STALE_LOCK_S = 600  # a build takes seconds; a build lock this old was left by a killed process
@@ -43,10 +45,28 @@ def load() -> ModuleType | None:
     return build("sweeplab_native_loop", SOURCE)
 
 
-def build(name: str, source: Path) -> ModuleType | None:
+@functools.cache
+def load_stack() -> ModuleType | None:
+    """The compiled loop of a stack's steps (stack_loop.cpp), as `load`: for this CPU's vector
+    instructions, its loops over a batch are vectorised by the compiler."""
+    return build(
+        "sweeplab_stack_loop",
+        STACK_SOURCE,
+        ("-O3", "-march=native", "-fopenmp-simd", "-fno-trapping-math"),
+    )
+
+
+def cpu_signature() -> str:
+    """A short digest of this CPU's model and instruction sets."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    wanted = [line for line in lines if line.startswith(("model name", "flags"))][:2]
+    return hashlib.sha256("\n".join(wanted).encode()).hexdigest()[:12]
+
+
+def build(name: str, source: Path, flags: tuple[str, ...] = ("-O2",)) -> ModuleType | None:
     """Compile `source` as the extension module `name` with torch.utils.cpp_extension; None, and
     a warning naming the cause, if that fails (no compiler, no ninja, a compile error)."""
-    from torch.utils import cpp_extension
+    from torch.utils import cpp_extension  # loads setuptools: only when a loop is first loaded
 
     venv_bin = str(Path(sys.executable).parent)
     if shutil.which("ninja") is None and shutil.which("ninja", path=venv_bin):
@@ -55,6 +75,8 @@ def build(name: str, source: Path) -> ModuleType | None:
     python = f"py{sys.version_info.major}{sys.version_info.minor}"
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache/torch_extensions")
     directory = root / f"{name}-torch{torch.__version__}-{python}"
+    if "-march=native" in flags:  # built for this CPU: another CPU gets a build of its own
+        directory = directory.with_name(f"{directory.name}-{cpu_signature()}")
     directory.mkdir(parents=True, exist_ok=True)
     # torch waits, without end, for the lock of a build in progress: one killed mid-build leaves it
     lock = directory / "lock"
@@ -65,7 +87,7 @@ def build(name: str, source: Path) -> ModuleType | None:
         return cpp_extension.load(
             name=name,
             sources=[str(source)],
-            extra_cflags=["-O2"],
+            extra_cflags=list(flags),
             build_directory=str(directory),
         )
     except Exception as error:  # the Python loop still works: say why, and go on without
@@ -110,10 +132,3 @@ def train_steps(
         *kernel,
     )
     return True
-
-
-if __name__ == "__main__":
-    module = load()
-    if module is None:
-        sys.exit("sweeplab.native: not built (see the warning above); training uses Python")
-    print(f"sweeplab.native: {module.__file__}")
