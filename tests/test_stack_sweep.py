@@ -210,7 +210,7 @@ def test_ctrl_c_ends_a_stacks_runs_killed_and_the_sweep_resumes(mlflow_uri, _iso
     study = optuna.load_study(study_name="stint", storage=storage)
     client = MlflowClient(mlflow_uri)
     for trial in study.trials:
-        assert trial.state == TrialState.FAIL
+        assert trial.state == TrialState.FAIL, stderr[-3000:]
         run = client.get_run(trial.user_attrs["mlflow_run_id"])  # told before the trial ended
         assert run.info.status == "KILLED"
         logged = client.get_metric_history(run.info.run_id, "val/acc")

@@ -29,6 +29,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from sweeplab.config import Config
+from sweeplab.runtime import interrupts_deferred
 from sweeplab.sweep.plan import SweepPlan, compose_trials, stackable
 from sweeplab.sweep.space import suggest, to_overrides
 from sweeplab.sweep.storage import (
@@ -162,12 +163,13 @@ def train_stack(entries: list[Claimed], context: Context) -> None:
         with heartbeats(context.study, [e.trial for e in entries]):
             outcomes = run_stack(groups, context.threads, pruning.on_epoch)
     except KeyboardInterrupt:
-        pruning.write()
-        for entry, run in zip(entries, runs, strict=True):
-            run.wait_started()
-            run.end("KILLED", "interrupted (Ctrl-C or SIGTERM)", wait=False)
-            _tell(context, entry, TrialState.FAIL, None, None)
-        runs[0].helper.sync()
+        with interrupts_deferred():  # a second Ctrl-C must not leave some trials RUNNING
+            pruning.write()
+            for entry, run in zip(entries, runs, strict=True):
+                run.wait_started()  # its run id on the trial while it takes attributes
+                run.end("KILLED", "interrupted (Ctrl-C or SIGTERM)", wait=False)
+                _tell(context, entry, TrialState.FAIL, None, None)
+            runs[0].helper.sync()
         raise
     pruning.write()
     for entry, run, outcome in zip(entries, runs, outcomes, strict=True):
