@@ -440,16 +440,27 @@ def sweep_in_background(args, output, study_name, ready):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     storage = str(output / "optuna" / f"{study_name}.journal")
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.3)
+    deadline = time.time() + 180
+    seen: list[tuple[int, str, int, bool]] = []  # (trial, state, epochs reported, has a run)
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)  # each look replays the whole journal: not too often, on 2 cores
         with contextlib.suppress(KeyError, ValueError):
             study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
             running = study.get_trials(states=(TrialState.RUNNING,))
             if ready(running) and all("mlflow_run_id" in t.user_attrs for t in running):
                 return proc, running
+            seen = [
+                (
+                    t.number,
+                    t.state.name,
+                    len(t.intermediate_values),
+                    "mlflow_run_id" in t.user_attrs,
+                )
+                for t in study.trials
+            ]
     proc.kill()
-    pytest.fail("the sweep's trials never got going")
+    _, stderr = proc.communicate()
+    pytest.fail(f"the sweep's trials never got going; last seen {seen}; stderr:\n{stderr[-3000:]}")
 
 
 @pytest.mark.slow

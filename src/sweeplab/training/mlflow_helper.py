@@ -38,6 +38,10 @@ from typing import Any
 
 from sweeplab.runtime import interrupts_deferred
 
+# below the training process, yet with a share of a saturated core: at 19 the helper could be
+# starved until training ended, and the runs of a busy machine appeared only when they were done
+HELPER_NICENESS = 10
+
 SILENT_HELPER_LIMIT_S = 300.0  # a helper alive but silent this long while we wait is given up
 STORE_MODULE = "sweeplab.training.mlflow_store"  # what the helper process runs
 
@@ -70,8 +74,9 @@ class Helper:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C goes to the terminal's process group, not here
-                preexec_fn=lambda: os.nice(19),  # idle CPU only, from its imports on
-            )
+            )  # no preexec_fn: Python run between fork and exec can hang on another thread's lock
+            niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + HELPER_NICENESS)
+            os.setpriority(os.PRIO_PROCESS, self._process.pid, niceness)
         except OSError as err:
             print(f"sweeplab: no MLflow helper ({err}); writing here", file=sys.stderr)
             self.broken = True
