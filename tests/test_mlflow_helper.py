@@ -75,9 +75,41 @@ def test_helper_creates_the_run_and_writes_every_batch_by_sync(helper, client, m
     assert helper._process.poll() is None and helper._process.pid != os.getpid()
 
 
-def test_helper_is_out_of_reach_of_ctrl_c_and_leaves_when_the_pipe_closes(helper):
+def test_messages_are_pipelined_within_the_pipes_room_and_applied_in_order(
+    helper, client, mlflow_uri
+):
+    helper._pipe_bytes = 4096  # a small pipe: many hand-overs must queue here, never block
+    key = start(helper, mlflow_uri)
+    helper.sync()
+    for first in range(1, 2001, 20):
+        helper.send(("metrics", key, rows(first, first + 19)))
+        # queued beyond the room, yet more than one message at a time reaches the helper
+        assert helper._bytes_in_flight <= helper._pipe_bytes
+    assert len(helper._in_flight) > 1 or not helper._waiting
+    helper.send(("end", key, "FINISHED", None, None))
+    helper.sync()
+    assert not helper._in_flight and helper._bytes_in_flight == 0 and not helper._waiting
+    assert steps(client, helper.run_ids[key]) == list(range(1, 2001))
+
+
+def test_helper_runs_below_the_training_process(helper):
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, helper._process.pid) == min(19, mine + 10)
+
+
+def test_a_helper_that_was_sent_nothing_is_stopped_at_once():
+    started = Helper()  # as a sweep starts it before its config is checked
+    began = time.monotonic()
+    started.close()  # a bad config's error must not wait for the helper's MLflow import
+    assert time.monotonic() - began < 1.0
+    assert started._process.returncode is not None
+
+
+def test_helper_is_out_of_reach_of_ctrl_c_and_leaves_when_the_pipe_closes(helper, mlflow_uri):
     # Ctrl-C signals the terminal's foreground process group: the helper is in its own session
     assert os.getsid(helper._process.pid) != os.getsid(0)
+    start(helper, mlflow_uri)
+    helper.sync()
     helper.close()
     assert helper._process.returncode == 0
 

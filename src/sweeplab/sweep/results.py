@@ -116,8 +116,11 @@ class SweepSummary:
     stacked: tuple[int, int] = (0, 0)  # trials trained in stacks, and how many stacks
 
 
-def report(plan: SweepPlan, study: optuna.Study, parent_run_id: str, reason: str) -> SweepSummary:
-    """Trials CSV, Optuna's plots and the best trial's config, into the parent run and outputs/."""
+def report(
+    plan: SweepPlan, study: optuna.Study, parent_run_id: str, reason: str, plots: list[Path]
+) -> SweepSummary:
+    """Trials CSV, Optuna's plots (`save_study_plots`) and the best trial's config, into the
+    parent run and outputs/."""
     client, _ = mlflow_client(plan)
     trials = study.get_trials(deepcopy=False)
     counts = {
@@ -128,11 +131,10 @@ def report(plan: SweepPlan, study: optuna.Study, parent_run_id: str, reason: str
     stacks = [t.user_attrs["stack"] for t in trials if "stack" in t.user_attrs]
     summary = SweepSummary(plan.study_name, reason, counts, parent_run_id=parent_run_id)
     summary.stacked = (len(stacks), len(set(stacks)))
-    folder = output_dir() / "sweeps" / plan.study_name
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = sweep_folder(plan.study_name)
     write_trials_csv(trials, folder / "trials.csv")
     client.log_artifact(parent_run_id, str(folder / "trials.csv"))
-    for path in save_study_plots(study, folder):
+    for path in plots:
         client.log_artifact(parent_run_id, str(path), "optuna")
     best = best_or_none(study)
     if best is not None:
@@ -216,9 +218,18 @@ def load_plotting() -> tuple[ModuleType, type]:
     return optuna_plots, PedAnovaImportanceEvaluator
 
 
-def save_study_plots(study: optuna.Study, folder: Path) -> list[Path]:
+def sweep_folder(study_name: str) -> Path:
+    """outputs/sweeps/<study>: the sweep's files, beside the copies in its MLflow parent run."""
+    folder = output_dir() / "sweeps" / study_name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_study_plots(study: optuna.Study, study_name: str) -> list[Path]:
     """Optuna's optimisation history, parallel coordinates, parameter importances and slice plots
-    as PNGs; a plot the study cannot make yet (e.g. importances from one trial) is skipped."""
+    as PNGs in the sweep's folder; a plot the study cannot make yet (e.g. importances from one
+    trial) is skipped."""
+    folder = sweep_folder(study_name)
     optuna_plots, PedAnovaImportanceEvaluator = load_plotting()  # noqa: N806 - a class
     plt = pyplot()
     makers = {

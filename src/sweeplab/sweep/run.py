@@ -16,11 +16,13 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from sweeplab.runtime import mark_phase
 from sweeplab.sweep.plan import SweepPlan
 from sweeplab.sweep.results import (
     SweepSummary,
@@ -30,6 +32,7 @@ from sweeplab.sweep.results import (
     load_plotting,
     mlflow_client,
     report,
+    save_study_plots,
 )
 from sweeplab.sweep.storage import BudgetLock, check_resumable, open_study
 from sweeplab.sweep.worker import Worker
@@ -52,17 +55,20 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     started = time.time()
     index = worker_index()
     mlflow_client(plan)  # create the MLflow store once, before any worker starts
+    mark_phase("sweep: MLflow store ready")
     study = open_study(plan, seed_offset=index)
     bootstrap = BudgetLock(plan.storage, plan.study_name)
     with bootstrap:
         check_resumable(plan, study)
         parent_run_id = find_or_create_parent(plan, study)
+    mark_phase("sweep: study and parent run ready")
     label = f"[w{index}] " if index else ""
     worker = Worker(plan, study, parent_run_id, label)
     if index:  # a worker started by the main process: trials only
         worker.on_trial_done.append(lambda line: print(line, flush=True))
         deadline = os.environ.get(DEADLINE_ENV)
         reason = worker.work(float(deadline) if deadline else None)
+        worker.helper.sync()
         print(f"[w{index}] stopped: {reason}", flush=True)
         return SweepSummary(plan.study_name, reason, {}, parent_run_id=parent_run_id)
 
@@ -73,8 +79,8 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     deadline = started + plan.settings.timeout if plan.settings.timeout else None
     procs = _start_workers(plan, argv, deadline) if argv is not None else []
     # the plots at the end need matplotlib and scikit-learn (seconds to import): a thread
-    # imports them while the trials train, on the core a small network leaves idle
-    threading.Thread(target=load_plotting, daemon=True).start()
+    # imports them while the trials train (with the GIL released), not while they are claimed
+    threading.Thread(target=lambda: worker.training.wait() and load_plotting(), daemon=True).start()
     bar = _progress(plan, study)
     worker.on_trial_done.append(lambda line: _echo(bar, line, study))
     client, _ = mlflow_client(plan)
@@ -90,9 +96,16 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     finally:
         if bar is not None:
             bar.close()
+    mark_phase("sweep: trials done")
     try:
+        with ThreadPoolExecutor(1) as pool:  # drawn while this thread feeds the helper the
+            drawing = pool.submit(save_study_plots, study, plan.study_name)  # trials' last writes
+            worker.helper.sync()
+            mark_phase("sweep: the trials' runs written")
+            plots = drawing.result()
+        mark_phase("sweep: study plots drawn")
         close_orphan_runs(plan, study)
-        summary = report(plan, study, parent_run_id, reason)
+        summary = report(plan, study, parent_run_id, reason, plots)
     except BaseException as err:
         client.set_tag(
             parent_run_id, "failure_reason", f"report failed: {type(err).__name__}: {err}"
@@ -100,6 +113,7 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
         client.set_terminated(parent_run_id, "FAILED")
         raise
     summary.wall_s = time.time() - started
+    mark_phase("sweep: reported")
     client.set_terminated(parent_run_id, "FINISHED")
     return summary
 

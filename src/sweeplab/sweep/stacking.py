@@ -29,7 +29,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from sweeplab.config import Config
-from sweeplab.runtime import interrupts_deferred
+from sweeplab.runtime import interrupts_deferred, mark_phase
 from sweeplab.sweep.plan import SweepPlan, compose_trials, stackable
 from sweeplab.sweep.space import suggest, to_overrides
 from sweeplab.sweep.storage import (
@@ -159,6 +159,7 @@ def train_stack(entries: list[Claimed], context: Context) -> None:
     runs = [_start_run(entry, context) for entry in entries]
     groups = [Group(entry.configs, [run]) for entry, run in zip(entries, runs, strict=True)]
     pruning = StackPruning(context.study, [e.trial for e in entries], plan.objective)
+    mark_phase(f"sweep: stack of {len(entries)} ready to train")
     try:
         with heartbeats(context.study, [e.trial for e in entries]):
             outcomes = run_stack(groups, context.threads, pruning.on_epoch)
@@ -172,6 +173,7 @@ def train_stack(entries: list[Claimed], context: Context) -> None:
             runs[0].helper.sync()
         raise
     pruning.write()
+    mark_phase(f"sweep: stack of {len(entries)} trained")
     for entry, run, outcome in zip(entries, runs, outcomes, strict=True):
         run.wait_started()  # its run id on the trial while it can still take attributes
         _finish(entry, run, outcome, context)

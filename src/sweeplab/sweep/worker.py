@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeplab.config import store_uri
+from sweeplab.runtime import mark_phase
 from sweeplab.sweep import stacking
 from sweeplab.sweep.plan import SweepPlan, compose_trial, compose_trials
 from sweeplab.sweep.space import describe, extremes, suggest, to_overrides
@@ -69,6 +71,7 @@ class Worker:
         self.lock = BudgetLock(plan.storage, plan.study_name)
         self.threads = max(1, len(os.sched_getaffinity(0)) // plan.workers)
         self.on_trial_done: list[Callable[[str], None]] = []  # each gets the line of a trial
+        self.training = threading.Event()  # set once a trial is about to train
         # the MLflow helper writes the sweep's per-trial tags and its parent's best value
         self.helper = shared_helper(plan.tracking.background_metrics)
         self.parent_key = f"study-{plan.study_name}"
@@ -195,10 +198,10 @@ class Worker:
             try:
                 self.reconcile()
                 reason = self.stop_reason(deadline)
-                if reason:
-                    self.helper.sync()  # the trials' tags and the best value are in the store
+                if reason:  # what the helper still writes, the caller waits for (sync)
                     return reason
                 if self.stack_size == 1 and self.plan.settings.repeats == 1:
+                    self.training.set()
                     with quiet_experimental():
                         self.study.optimize(
                             self.objective,
@@ -208,7 +211,9 @@ class Worker:
                         )
                     continue
                 claimed = stacking.claim(self.study, self.plan, min(self.stack_size, self.room()))
+                mark_phase(f"sweep: {len(claimed)} trials claimed")
                 self.lock.release()  # the trials exist now: other workers count them
+                self.training.set()
                 stacking.train_claimed(claimed, self.stacking_context())
             finally:
                 self.lock.release()

@@ -55,8 +55,9 @@ class Helper:
         self._to_tell: list[str] = []  # keys whose run id came and was not told yet
         self.uris: dict[str, str] = {}  # key -> the store the run lives in
         self._unconfirmed: dict[int, tuple] = {}  # number -> message
-        self._waiting: list[bytes] = []  # pickled messages not sent yet
-        self._in_flight = 0  # messages sent and not answered yet
+        self._waiting: list[tuple[int, bytes]] = []  # numbered, pickled messages not sent yet
+        self._in_flight: dict[int, int] = {}  # bytes of each message sent and not answered yet
+        self._bytes_in_flight = 0
         self._ready = False  # the helper has imported MLflow and reads the pipe
         self._local: Any = None  # a RunStore of this process, once it must write here
         self.sent = 0  # messages so far; a message's number
@@ -103,7 +104,7 @@ class Helper:
             if self.broken:
                 self._apply_unconfirmed_here()
             else:
-                self._waiting.append(pickle.dumps((self.sent, message)))
+                self._waiting.append((self.sent, pickle.dumps((self.sent, message))))
                 self._exchange(wait_for=None)
         self._tell_started()
 
@@ -142,15 +143,17 @@ class Helper:
                 while self._from_helper.poll(0):
                     self._on_reply(self._from_helper.recv())
                     silent_since = time.monotonic()
-                if self._ready and self._waiting and not self._in_flight:
-                    size = 0
-                    while self._waiting and (
-                        not size or size + len(self._waiting[0]) < self._pipe_bytes
-                    ):
-                        message = self._waiting.pop(0)
-                        self._to_helper.send_bytes(message)
-                        size += len(message) + 4  # the length header
-                        self._in_flight += 1
+                # as much as the pipe surely has room for (what is sent and not answered may
+                # still be in it): the helper always has work queued, and sending never blocks
+                while self._ready and self._waiting:
+                    number, message = self._waiting[0]
+                    size = len(message) + 4  # the length header
+                    if self._in_flight and self._bytes_in_flight + size > self._pipe_bytes:
+                        break
+                    self._to_helper.send_bytes(message)
+                    self._waiting.pop(0)
+                    self._in_flight[number] = size
+                    self._bytes_in_flight += size
                 if wait_for is None or wait_for not in self._unconfirmed:
                     return
                 if self._process.poll() is not None:
@@ -169,7 +172,7 @@ class Helper:
             self._ready = True
             return
         kind, number, result = reply
-        self._in_flight -= 1
+        self._bytes_in_flight -= self._in_flight.pop(number)
         message = self._unconfirmed.pop(number)
         if kind == "failed":  # applied again here, where the store's error can surface
             self._apply_here(message)
@@ -202,6 +205,8 @@ class Helper:
         """Let the helper finish what it has and leave."""
         if self.broken or not hasattr(self, "_to_helper"):
             return
+        if not self.sent:  # started early for a command that then wrote nothing (a bad config):
+            self._process.kill()  # it need not finish importing MLflow first
         self._to_helper.close()
         try:
             self._process.wait(timeout=30)

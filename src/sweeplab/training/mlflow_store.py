@@ -34,11 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunInfo, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
+from mlflow.utils.file_utils import local_file_uri_to_path
+from mlflow.utils.uri import is_local_uri
 
 from sweeplab.config import TrackingConfig, store_uri
 from sweeplab.figures import pyplot
@@ -140,7 +142,7 @@ class RunStore:
             for i in range(0, len(params), MAX_BATCH):
                 client.log_batch(run_id, params=params[i : i + MAX_BATCH])
         if spec.get("config_yaml"):
-            client.log_text(run_id, spec["config_yaml"], "config.yaml")
+            log_text(client, created.info, spec["config_yaml"], "config.yaml")
         mark_phase("helper: run created (params, tags, config)")
         return run_id
 
@@ -182,6 +184,17 @@ class RunStore:
     def end_open_runs(self, status: str, reason: str) -> None:
         for key in list(self.open):
             self.end(key, status, reason, None)
+
+
+def log_text(client: MlflowClient, run: RunInfo, text: str, name: str) -> None:
+    """MLflow's log_text; into a local artifact folder written directly, where MLflow's own
+    call reads the run back from the store and copies a temporary file."""
+    if not is_local_uri(run.artifact_uri):
+        client.log_text(run.run_id, text, name)
+        return
+    folder = Path(local_file_uri_to_path(run.artifact_uri))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
 
 
 def fast_sqlite(client: MlflowClient) -> MlflowClient:
