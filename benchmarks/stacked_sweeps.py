@@ -9,8 +9,9 @@
 2. time: the same sweeps with `sweep.timeout=--seconds` and no trial budget: how many trials,
    and the best val/acc each reaches in equal wall time.
 3. one: a stack of one trial against the single-run trainer (`training.trainer.run`), the same
-   config, in turns, median seconds per epoch (`time/epoch_s`): the lecture's synthetic demo and
-   MNIST d_H=100 (one trial per stack is what `sweep.stack=1` never pays: it trains unstacked).
+   config, in turns, median seconds per epoch (`time/epoch_s`): synthetic runs (the lecture's
+   demo, SGD, a wide layer) and MNIST d_H=100; the last column says which one a single run (and
+   an unstacked trial) trains with (`stack.trainer.covers_alone`).
 4. mnist: the MNIST sweep's space (`sweep=mnist`, d_H 256-1536), 2 workers,
    `sweep.timeout=--mnist-seconds`, 5 epochs a trial, one trial at a time against stacks of 4:
    epochs trained per minute (every trial's reported epochs, pruned ones included).
@@ -36,7 +37,7 @@ from hydra import compose, initialize_config_dir
 
 from sweeplab.config import CONF_DIR, Config, register_configs, to_config
 from sweeplab.sweep.storage import make_storage
-from sweeplab.training.stack.trainer import Group, run_stack
+from sweeplab.training.stack.trainer import Group, covers_alone, run_stack
 from sweeplab.training.trainer import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,14 +144,20 @@ def part_one(args: argparse.Namespace, scratch: Path) -> list[str]:
             "experiment=lecture_synthetic",
             "trainer.epochs=300",
         ],
+        "synthetic, SGD, d_H=16 (300 epochs)": [
+            "optimizer=sgd",
+            "model.d_hidden=16",
+            "trainer.epochs=300",
+        ],
+        "synthetic, Adam, d_H=1024 (60 epochs)": ["model.d_hidden=1024", "trainer.epochs=60"],
         "MNIST d_H=100, B=100 (3 epochs)": ["experiment=lecture_mnist", "trainer.epochs=3"],
     }
     lines = [
         "",
         "## A stack of one against the single-run trainer (median s per epoch, in turns)",
         "",
-        "| case | trainer | stack of 1 | stack / trainer |",
-        "|---|---:|---:|---:|",
+        "| case | trainer | stack of 1 | stack / trainer | a single run trains with |",
+        "|---|---:|---:|---:|---|",
     ]
     for name, overrides in cases.items():
         cfg = config([*overrides, "trainer.progress=false"])
@@ -160,7 +167,8 @@ def part_one(args: argparse.Namespace, scratch: Path) -> list[str]:
             outcome = run_stack([Group([cfg])])[0]
             stacked += [h["time/epoch_s"] for h in outcome.result.history[1:]]
         a, b = statistics.median(single), statistics.median(stacked)
-        lines.append(f"| {name} | {a:.5f} | {b:.5f} | {b / a:.2f} |")
+        used = "the stack of 1" if covers_alone(cfg) else "the trainer"
+        lines.append(f"| {name} | {a:.5f} | {b:.5f} | {b / a:.2f} | {used} |")
     return lines
 
 

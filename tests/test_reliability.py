@@ -129,6 +129,8 @@ def test_two_processes_starting_the_same_new_sweep_at_once(tmp_path):
     )
     assert len(study.trials) == 6
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    # each process samples its own stream (storage.join_study): no trial repeats another
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 6
     client = MlflowClient(uri)
     [experiment] = [e for e in client.search_experiments() if e.name == "sweep-synthetic"]
     parents = client.search_runs([experiment.experiment_id], "tags.`sweeplab.role` = 'study'")

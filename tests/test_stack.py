@@ -10,9 +10,9 @@ import optuna
 import pytest
 import torch
 
-from sweeplab.training import trainer
+from sweeplab.training import tracking, trainer
 from sweeplab.training.stack.model import StackedNet, StackLayout
-from sweeplab.training.stack.trainer import Group, Stack, run_stack
+from sweeplab.training.stack.trainer import Group, Stack, covers_alone, run_alone, run_stack
 from sweeplab.training.trainer import Callback, DivergenceError
 
 from .test_mnist import write_idx_set
@@ -249,3 +249,37 @@ def test_stacked_net_forward_matches_each_members_network(make_config):
             logits[:, stack.net.layout.positions[m]], own, rtol=1e-5, atol=1e-6
         )
     assert isinstance(stack.net, StackedNet)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "alone"),
+    [
+        (["optimizer=sgd"], True),  # the single-run C++ loop covers Adam only
+        (["model.d_hidden=512"], True),
+        (["trainer.native=false"], False),
+        (["trainer.backward=autograd"], False),
+        (["model.dropout=0.2"], False),
+    ],
+)
+def test_a_single_run_of_a_small_input_trains_as_a_stack_of_one(
+    make_config, monkeypatch, overrides, alone
+):
+    cfg = make_config(*SMALL, *overrides)
+    assert covers_alone(cfg) == alone
+    used = []
+    monkeypatch.setattr(tracking, "run_alone", lambda *a: used.append("stack") or run_alone(*a))
+    monkeypatch.setattr(
+        trainer, "run", lambda *a, _run=trainer.run: used.append("single") or _run(*a)
+    )
+    result, _ = tracking.train_and_track(cfg)
+    assert used == ["stack" if alone else "single"]
+    single = trainer.run(cfg)
+    assert result.metrics.keys() == single.metrics.keys()
+    assert [h.keys() for h in result.history] == [h.keys() for h in single.history]
+    assert result.metrics["val/acc"] == pytest.approx(single.metrics["val/acc"], abs=1e-5)
+
+
+def test_a_single_run_alone_raises_what_ended_it(make_config):
+    cfg = make_config(*SMALL, "optimizer=sgd", "optimizer.lr=1e6", "trainer.divergence_ratio=2")
+    with pytest.raises(DivergenceError):
+        run_alone(cfg)

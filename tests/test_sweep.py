@@ -130,6 +130,8 @@ def test_rerun_continues_the_study_without_rerunning(mlflow_uri):
     trials = load(plan).trials
     assert len(trials) == 5
     assert {t.number: t.value for t in trials[:3]} == before
+    # the resume samples a stream of its own, not the first start's again
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 5
     assert second.parent_run_id == first.parent_run_id
     assert len(children(mlflow_uri, first.parent_run_id)) == 5
     # and a third run with the budget already spent starts nothing
@@ -139,6 +141,16 @@ def test_rerun_continues_the_study_without_rerunning(mlflow_uri):
     assert len(load(plan).trials) == 5 and third.stop_reason == "budget reached"
     tags = MlflowClient(mlflow_uri).get_run(first.parent_run_id).data.tags
     assert tags["sweeplab.invocations"] == "3"  # reports say the wall time spans a resume
+
+
+def test_the_first_start_of_a_study_is_reproducible_from_the_sampler_seed(mlflow_uri):
+    proposed = []
+    for name in ("again1", "again2"):
+        plan, _ = plan_and_run(
+            sweep_overrides(mlflow_uri, "sweep.n_trials=3", f"sweep.study_name={name}")
+        )
+        proposed.append([t.params for t in load(plan).trials])
+    assert proposed[0] == proposed[1]
 
 
 def test_resume_with_a_changed_space_is_refused(mlflow_uri):

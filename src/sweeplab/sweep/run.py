@@ -34,7 +34,7 @@ from sweeplab.sweep.results import (
     report,
     save_study_plots,
 )
-from sweeplab.sweep.storage import BudgetLock, check_resumable, open_study
+from sweeplab.sweep.storage import BudgetLock, check_resumable, join_study, open_study
 from sweeplab.sweep.worker import Worker
 
 WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"  # set in the processes a sweep starts for its extra workers
@@ -56,10 +56,11 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     index = worker_index()
     mlflow_client(plan)  # create the MLflow store once, before any worker starts
     mark_phase("sweep: MLflow store ready")
-    study = open_study(plan, seed_offset=index)
+    study = open_study(plan)
     bootstrap = BudgetLock(plan.storage, plan.study_name)
     with bootstrap:
         check_resumable(plan, study)
+        join_study(plan, study)
         parent_run_id = find_or_create_parent(plan, study)
     mark_phase("sweep: study and parent run ready")
     label = f"[w{index}] " if index else ""

@@ -45,9 +45,10 @@ PRUNERS = {
 def make_sampler(
     spec: dict[str, Any], space: SearchSpace, seed_offset: int = 0
 ) -> optuna.samplers.BaseSampler:
-    """An Optuna sampler from its node; extra workers shift the seed so that they do not all
-    propose the same points. Not the grid sampler's: its seed orders the grid, and a trial's
-    grid point is its number in that order, so every worker needs the same one."""
+    """An Optuna sampler from its node, its seed shifted by `seed_offset` (each process that
+    joins a study, `storage.join_study`) so that they do not all propose the same points. Not
+    the grid sampler's: its seed orders the grid, and a trial's grid point is its number in
+    that order, so every process needs the same one."""
     node = _target_node("sampler", spec, SAMPLERS, optuna.samplers.BaseSampler)
     is_grid = get_object(node["_target_"]) is optuna.samplers.GridSampler
     if node.get("seed") is not None and not is_grid:

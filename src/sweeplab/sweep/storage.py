@@ -231,21 +231,37 @@ def best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         return None
 
 
-def open_study(plan: SweepPlan, seed_offset: int = 0) -> optuna.Study:
-    """The plan's study, created on the first start and loaded on every later one."""
+def open_study(plan: SweepPlan) -> optuna.Study:
+    """The plan's study, created on the first start and loaded on every later one; its sampler
+    is seeded with `sweep.sampler.seed` until `join_study` gives this process its own stream."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler_spec = dict(plan.settings.sampler)
-    if plan.workers > 1 and sampler_spec.get("name", "") == "tpe":
-        sampler_spec.setdefault("constant_liar", True)  # spreads out the trials running at once
     with quiet_experimental():
         return optuna.create_study(
             study_name=plan.study_name,
             storage=make_storage(plan.storage),
-            sampler=make_sampler(sampler_spec, plan.space, seed_offset),
+            sampler=_sampler(plan, seed_offset=0),
             pruner=make_pruner(plan.settings.pruner),
             direction=plan.settings.direction,
             load_if_exists=True,
         )
+
+
+def join_study(plan: SweepPlan, study: optuna.Study) -> int:
+    """Count this process among the study's (call under the study's lock) and seed its sampler
+    with `sweep.sampler.seed` + the processes that came before: the first start of a study is
+    reproducible from its seed, and a resume, an extra worker or a process on another machine
+    proposes new points instead of replaying the first ones. Returns that number."""
+    joined = int(study.user_attrs.get("sweeplab_processes", 0))
+    study.set_user_attr("sweeplab_processes", joined + 1)
+    study.sampler = _sampler(plan, seed_offset=joined)
+    return joined
+
+
+def _sampler(plan: SweepPlan, seed_offset: int) -> optuna.samplers.BaseSampler:
+    spec = dict(plan.settings.sampler)
+    if plan.workers > 1 and spec.get("name", "") == "tpe":
+        spec.setdefault("constant_liar", True)  # spreads out the trials running at once
+    return make_sampler(spec, plan.space, seed_offset)
 
 
 def check_resumable(plan: SweepPlan, study: optuna.Study) -> None:

@@ -34,6 +34,7 @@ from sweeplab.training import trainer
 from sweeplab.training.data import Dataset
 from sweeplab.training.mlflow_helper import Helper, shared_helper
 from sweeplab.training.model import predict_proba
+from sweeplab.training.stack.trainer import covers_alone, run_alone
 from sweeplab.training.trainer import Callback, TrainResult
 
 HAND_OVER_EVERY_S = 0.1  # how often a run hands its metrics to the helper process
@@ -225,7 +226,8 @@ def train_and_track(
     with tracked_run(cfg, parent_run_id, tags, finished_on, on_run_start, key) as run:
         progress = trainer.ProgressBar(cfg.trainer.epochs, cfg.trainer.progress)
         try:
-            result = trainer.run(cfg, callbacks=(run, *callbacks, progress))
+            train = run_alone if covers_alone(cfg) else trainer.run
+            result = train(cfg, (run, *callbacks, progress))
         finally:
             progress.close()
         run.log_result(result, cfg)

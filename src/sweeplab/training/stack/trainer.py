@@ -26,6 +26,7 @@ from types import ModuleType
 import torch
 
 from sweeplab.config import Config, to_flat_dict
+from sweeplab.runtime import mark_phase
 from sweeplab.training.data import Dataset, RandomShift, load_dataset
 from sweeplab.training.fast import native
 from sweeplab.training.model import TwoLayerNet, loss_for_task
@@ -126,6 +127,7 @@ def run_stack(
     )
     first = check_stackable(members.configs)
     stack = Stack.build(members.configs, available_threads)
+    mark_phase("data, model and optimizer ready")
     outcomes = [Outcome() for _ in groups]
     batch_order = torch.Generator().manual_seed(shuffle_seed(first))
     for epoch in range(1, first.trainer.epochs + 1):
@@ -154,11 +156,39 @@ def run_stack(
             if not members.configs:
                 break
             stack = stack.without(gone)
+    mark_phase("epochs trained")
     for g in sorted(set(members.groups)):
         outcomes[g].result = stack.result(members.of({g}), outcomes[g].history)
         for callback in groups[g].callbacks:
             callback.on_train_end(outcomes[g].result)
+    mark_phase("test metrics measured")
     return outcomes
+
+
+def covers_alone(cfg: Config) -> bool:
+    """Whether a single run of `cfg` trains as a stack of one (`run_alone`): where the stacked
+    C++ loop runs it (`native_loop_for`: a small input on the CPU, hand-derived gradients, no
+    dropout or augmentation), it makes the same steps with less overhead than the single-run
+    loop, whatever the width and optimizer (`benchmarks/stacked_sweeps.py`, part one)."""
+    return (
+        cfg.trainer.native
+        and cfg.trainer.backward != "autograd"
+        and resolve_device(cfg.trainer.device).type == "cpu"
+        and not cfg.trainer.shift_pixels
+        and not cfg.model.dropout
+        and not cfg.model.input_dropout
+        and load_dataset(cfg.data).n_features <= NATIVE_MAX_INPUTS
+    )
+
+
+def run_alone(cfg: Config, callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """`trainer.run(cfg, callbacks)` as a stack of one member: the same result, or the same
+    error (a callback's, or DivergenceError)."""
+    [outcome] = run_stack([Group([cfg], callbacks)])
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.result is not None
+    return outcome.result
 
 
 def group_metrics(members: list[dict[str, float]]) -> dict[str, float]:
