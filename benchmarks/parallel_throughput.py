@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ def run(workers: int, trials: int, epochs: int) -> float:
     )
     if done.returncode != 0:
         raise SystemExit(done.stderr[-2000:])
+    shutil.rmtree(out, ignore_errors=True)
     match = re.search(r"stopped: .* in ([0-9.]+)s", done.stdout)
     return float(match.group(1))
 

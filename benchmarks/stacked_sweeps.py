@@ -214,11 +214,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     args.trial_overrides = [f"trainer.epochs={args.epochs}"] if args.epochs else []
-    scratch = Path(tempfile.mkdtemp(prefix="sweeplab-stacked-"))
     lines = [f"# Stacked sweeps ({time.ctime()})", ""]
     parts = {"budget": part_budget, "time": part_time, "one": part_one, "mnist": part_mnist}
-    for part in args.parts:
-        lines += parts[part](args, scratch)
+    with tempfile.TemporaryDirectory(prefix="sweeplab-stacked-") as scratch:
+        for part in args.parts:
+            lines += parts[part](args, Path(scratch))
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         lines += ["", epoch_skew(scratch / "store")]
         lines.append("")
+    shutil.rmtree(scratch, ignore_errors=True)
     text = "\n".join(lines)
     print(text)
     if args.out:
