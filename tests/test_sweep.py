@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from sweeplab.config import CONF_DIR, ConfigError, register_configs
+from sweeplab.sweep import run as sweep_run
 from sweeplab.sweep.plan import plan_sweep
 from sweeplab.sweep.run import run_sweep
 from sweeplab.sweep.storage import make_storage
@@ -151,6 +152,22 @@ def test_the_first_start_of_a_study_is_reproducible_from_the_sampler_seed(mlflow
         )
         proposed.append([t.params for t in load(plan).trials])
     assert proposed[0] == proposed[1]
+
+
+def test_a_failing_report_ends_the_parent_run_failed_with_its_reason(mlflow_uri, monkeypatch):
+    def broken_report(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sweep_run, "report", broken_report)
+    overrides = sweep_overrides(mlflow_uri, "sweep.n_trials=1", "sweep.study_name=badreport")
+    with pytest.raises(OSError, match="disk full"):
+        plan_and_run(overrides)
+    [parent] = MlflowClient(mlflow_uri).search_runs(
+        [MlflowClient(mlflow_uri).get_experiment_by_name("sweep-synthetic").experiment_id],
+        "tags.`sweeplab.role` = 'study' and tags.`optuna.study` = 'badreport'",
+    )
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["failure_reason"] == "report failed: OSError: disk full"
 
 
 def test_resume_with_a_changed_space_is_refused(mlflow_uri):

@@ -98,6 +98,17 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
         if bar is not None:
             bar.close()
     mark_phase("sweep: trials done")
+    summary = _end_of_sweep(plan, study, worker, parent_run_id, reason)
+    summary.wall_s = time.time() - started
+    mark_phase("sweep: reported")
+    client.set_terminated(parent_run_id, "FINISHED")
+    return summary
+
+
+def _end_of_sweep(
+    plan: SweepPlan, study: optuna.Study, worker: Worker, parent_run_id: str, reason: str
+) -> SweepSummary:
+    """The trials' last writes, Optuna's plots and the report; the parent FAILED if it fails."""
     try:
         with ThreadPoolExecutor(1) as pool:  # drawn while this thread feeds the helper the
             drawing = pool.submit(save_study_plots, study, plan.study_name)  # trials' last writes
@@ -106,17 +117,14 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
             plots = drawing.result()
         mark_phase("sweep: study plots drawn")
         close_orphan_runs(plan, study)
-        summary = report(plan, study, parent_run_id, reason, plots)
+        return report(plan, study, parent_run_id, reason, plots)
     except BaseException as err:
+        client, _ = mlflow_client(plan)
         client.set_tag(
             parent_run_id, "failure_reason", f"report failed: {type(err).__name__}: {err}"
         )
         client.set_terminated(parent_run_id, "FAILED")
         raise
-    summary.wall_s = time.time() - started
-    mark_phase("sweep: reported")
-    client.set_terminated(parent_run_id, "FINISHED")
-    return summary
 
 
 def _used_budget(study: optuna.Study) -> int:
