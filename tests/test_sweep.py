@@ -170,6 +170,21 @@ def test_a_failing_report_ends_the_parent_run_failed_with_its_reason(mlflow_uri,
     assert parent.data.tags["failure_reason"] == "report failed: OSError: disk full"
 
 
+def test_a_journal_with_a_torn_last_line_resumes(mlflow_uri, capfd):
+    plan, _ = plan_and_run(sweep_overrides(mlflow_uri, "sweep.n_trials=2", "sweep.study_name=torn"))
+    journal = Path(plan.storage)
+    with journal.open("ab") as f:  # what a writer killed mid-append leaves
+        f.write(b'{"op_code":5,"worker_id":"dead","trial_id":1,"param_na')
+    for budget in (3, 4):  # the resume drops the torn line; the start after it reads the rest
+        plan, summary = plan_and_run(
+            sweep_overrides(mlflow_uri, f"sweep.n_trials={budget}", "sweep.study_name=torn")
+        )
+        assert summary.stop_reason == "budget reached"
+    assert "dropped a last line cut off mid-write" in capfd.readouterr().err
+    assert len(load(plan).trials) == 4
+    assert journal.read_bytes().endswith(b"\n")
+
+
 def test_resume_with_a_changed_space_is_refused(mlflow_uri):
     plan_and_run(sweep_overrides(mlflow_uri, "sweep.n_trials=1", "sweep.study_name=changed"))
     with pytest.raises(ConfigError, match="different overrides"):

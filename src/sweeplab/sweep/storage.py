@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import sys
 import time
 import warnings
 import zlib
@@ -27,6 +28,7 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._rdb import models
 from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._file import get_lock_file
 from optuna.storages.journal._storage import JournalOperation
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
@@ -134,11 +136,42 @@ def write_reports(reports: list[tuple[optuna.Trial, float, int]]) -> None:
 class InterruptSafeJournalFileBackend(JournalFileBackend):
     """Optuna's journal file, each append done whole before Ctrl-C/SIGTERM is raised: an
     interrupt inside its lock's release turned into a FileNotFoundError (a failed trial, and
-    the sweep went on) instead of stopping the sweep."""
+    the sweep went on) instead of stopping the sweep. A last line cut off by a writer that died
+    mid-append (kill -9, power loss, disk full) is dropped before the next append: appended
+    onto, it became a line no start could read, and the study could never be resumed."""
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         with interrupts_deferred():
+            if _last_byte(self._file_path) not in (b"", b"\n"):  # torn, or being written
+                with get_lock_file(self._lock):  # no writer now: what is cut stays cut
+                    _drop_torn_tail(self._file_path)
             super().append_logs(logs)
+
+
+def _last_byte(path: str) -> bytes:
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        return os.pread(f.fileno(), 1, size - 1) if size else b""
+
+
+def _drop_torn_tail(path: str, chunk: int = 1 << 16) -> None:
+    """Truncate the journal after its last complete line (a complete line ends with \\n)."""
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        position = end
+        while position > 0:
+            start = max(0, position - chunk)
+            newline = os.pread(f.fileno(), position - start, start).rfind(b"\n")
+            if newline >= 0:
+                position = start + newline + 1
+                break
+            position = start
+        if position < end:
+            f.truncate(position)
+            print(
+                f"sweeplab: {path}: dropped a last line cut off mid-write ({end - position} bytes)",
+                file=sys.stderr,
+            )
 
 
 class BudgetLock:
