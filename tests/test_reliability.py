@@ -3,9 +3,12 @@ starts, unwritable output folders. Real processes, real storages, a real MLflow 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -150,3 +153,57 @@ def test_unwritable_output_folder_fails_at_start(module, tmp_path):
     assert done.returncode == 2
     assert f"output folder {blocker / 'outputs'} is not writable" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_killed_worker_child_is_reaped_and_its_trial_retried(mlflow_uri, _isolated_output):
+    """kill -9 of an extra worker (as the OOM killer does): the main process notices at once,
+    fails and retries its trial, and the sweep ends with the exact budget, nothing RUNNING."""
+    args = [
+        "sweep=synthetic",
+        *SMALL,
+        f"tracking.uri={mlflow_uri}",
+        "sweep.workers=2",
+        "sweep.stack=1",
+        "sweep.n_trials=6",
+        "sweep.pruner.name=none",
+        "sweep.study_name=reaped",
+        "trainer.epochs=3000",  # seconds a trial: the kill lands while the worker trains
+        "data.n_train=400",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeplab.sweep", *args],
+        env={**os.environ, "SWEEPLAB_OUTPUT": str(_isolated_output)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    storage = make_storage(str(_isolated_output / "optuna" / "reaped.journal"))
+    deadline = time.time() + 180
+    victim = None
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        with contextlib.suppress(KeyError, ValueError):  # until the study exists
+            study = optuna.load_study(study_name="reaped", storage=storage)
+            for trial in study.get_trials(states=(TrialState.RUNNING,)):
+                pid = int(trial.user_attrs.get("worker", ":0").rpartition(":")[2])
+                if pid not in (0, proc.pid) and trial.intermediate_values:
+                    victim = trial
+    assert victim is not None, "the extra worker never trained"
+    os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "was killed (signal 9); its trials are failed and retried" in stderr
+    study = optuna.load_study(study_name="reaped", storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 6 and states.count(TrialState.FAIL) == 1
+    [retry] = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.params == victim.params
+    client = MlflowClient(mlflow_uri)
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    runs = children(mlflow_uri, parent.info.run_id)
+    assert all(r.info.status != "RUNNING" for r in runs)
+    killed = study.trials[victim.number]  # its run, if the dead worker's helper had made it
+    if "mlflow_run_id" in killed.user_attrs:
+        assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "KILLED"

@@ -39,6 +39,7 @@ from sweeplab.sweep.worker import Worker
 
 WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"  # set in the processes a sweep starts for its extra workers
 DEADLINE_ENV = "SWEEPLAB_SWEEP_DEADLINE"  # the main process's sweep.timeout, as a Unix time
+WORKER_POLL_S = 0.5  # how often the main process, its own trials done, looks at its workers
 
 
 def worker_index() -> int:
@@ -86,9 +87,7 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     worker.on_trial_done.append(lambda line: _echo(bar, line, study))
     client, _ = mlflow_client(plan)
     try:
-        reason = worker.work(deadline)
-        for proc in procs:
-            proc.wait()
+        reason = _work_while_workers_run(worker, procs, deadline)
     except KeyboardInterrupt:
         _stop_workers(procs)
         client.set_tag(parent_run_id, "failure_reason", "interrupted; rerun the command to resume")
@@ -157,6 +156,30 @@ def _start_workers(
             env[DEADLINE_ENV] = repr(deadline)
         procs.append(subprocess.Popen([sys.executable, "-m", "sweeplab.sweep", *argv], env=env))
     return procs
+
+
+def _work_while_workers_run(
+    worker: Worker, procs: list[subprocess.Popen], deadline: float | None
+) -> str:
+    """This process's trials; then, until the extra workers end, the trials of any worker that
+    died (kill -9, the OOM killer): reaped at once, its trials failed and retried here."""
+    reason = worker.work(deadline)
+    running = list(procs)
+    while running:
+        time.sleep(WORKER_POLL_S)
+        ended = [proc for proc in running if proc.poll() is not None]
+        running = [proc for proc in running if proc not in ended]
+        died = [proc for proc in ended if proc.returncode < 0]  # by a signal
+        for proc in died:
+            print(
+                f"worker process {proc.pid} was killed (signal {-proc.returncode}); "
+                "its trials are failed and retried",
+                file=sys.stderr,
+                flush=True,
+            )
+        if died:
+            reason = worker.work(deadline)
+    return reason
 
 
 def _stop_workers(procs: list[subprocess.Popen]) -> None:

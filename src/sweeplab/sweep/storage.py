@@ -243,7 +243,15 @@ def is_dead(owner: str | None, started: datetime | None) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _is_zombie(int(pid))  # killed, and its parent has not reaped it yet
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone meanwhile (the next look sees it), or no /proc (not Linux)
+        return False
+    return stat.rpartition(")")[2].split()[0] == "Z"  # the state follows "(command name)"
 
 
 @contextlib.contextmanager
