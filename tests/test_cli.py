@@ -54,6 +54,7 @@ def test_bad_value_exits_nonzero_naming_it_before_any_run(override, named, _isol
         ("model.width=3", "model.width"),
         ("model.d_hidden=wide", "d_hidden"),
         ("optimizer=adamax", "adamax"),
+        ("experiment=lecture_mnits", "Could not find 'experiment/lecture_mnits'"),  # a typo
     ],
 )
 def test_unknown_key_wrong_type_or_option_fails_at_compose(override, named, _isolated_output):
@@ -84,3 +85,14 @@ def test_diverging_run_fails_with_one_line_and_a_failed_run(_isolated_output):
     )
     assert run.info.status == "FAILED"
     assert "training diverged" in run.data.tags["failure_reason"]
+
+
+@pytest.mark.parametrize("extra", [[], ["sweep.n_trials=3"]])
+def test_a_typo_in_the_sweep_name_is_named_before_any_work(extra, _isolated_output):
+    done = run_cli(
+        "sweeplab.sweep", "sweep=synthtic", *extra, env={"SWEEPLAB_OUTPUT": str(_isolated_output)}
+    )
+    assert done.returncode != 0
+    assert "Could not find 'sweep/synthtic'" in done.stderr and "synthetic" in done.stderr
+    assert "AssertionError" not in done.stderr and "sweep=None" not in done.stderr
+    assert not (_isolated_output / "mlflow.db").exists()

@@ -39,11 +39,10 @@ from sweeplab.sweep.storage import (
     worker_id,
     write_reports,
 )
-from sweeplab.training.data import load_dataset
 from sweeplab.training.stack.trainer import (
-    NATIVE_MAX_INPUTS,
     Group,
     Outcome,
+    covers_alone,
     run_stack,
     shuffle_seed,
     stack_key,
@@ -77,17 +76,12 @@ class Claimed:
 
 def stack_size(plan: SweepPlan, cfg: Config) -> int:
     """`sweep.stack`, or (0) as many as pay: AUTO_STACK where the stacked C++ loop covers the
-    trial (a small input, no augmentation, no dropout), else 1: a trial of a wide input is
-    matrix products, which a stack does not make cheaper."""
+    trial (`covers_alone`: a small input on the CPU, no augmentation, no dropout, an optimizer
+    stacks train with), else 1: a trial of a wide input is matrix products, which a stack does
+    not make cheaper."""
     if plan.settings.stack:
         return plan.settings.stack
-    covered = (
-        load_dataset(cfg.data).n_features <= NATIVE_MAX_INPUTS
-        and not cfg.trainer.shift_pixels
-        and not cfg.model.dropout
-        and not cfg.model.input_dropout
-    )
-    return AUTO_STACK if covered else 1
+    return AUTO_STACK if covers_alone(cfg) else 1
 
 
 def claim(study: optuna.Study, plan: SweepPlan, size: int) -> list[Claimed]:

@@ -53,19 +53,26 @@ COLUMNS = (
 )
 
 
+def unsupported(cfg: OptimizerConfig) -> str | None:
+    """Why a stack cannot train with this optimizer (one of another family, AMSGrad), or None."""
+    if cfg.name not in RULES:
+        return f"optimizer={cfg.name}: stacks train with {', '.join(RULES)}"
+    if getattr(cfg, "amsgrad", False):
+        return "optimizer.amsgrad=true: stacks do not train with AMSGrad"
+    return None
+
+
 class StackedOptimizer:
     """One optimizer for all members of a stack; hyperparameters may differ between members."""
 
     def __init__(self, net: StackedNet, configs: Sequence[OptimizerConfig]) -> None:
         self.rule = configs[0].name
-        if self.rule not in RULES:
-            raise ValueError(f"optimizer={self.rule}: stacks train with {', '.join(RULES)}")
+        if (reason := unsupported(configs[0])) is not None:
+            raise ValueError(reason)
         self.settings = [
             {k: v for k, v in asdict(cfg).items() if k not in SHARED} for cfg in configs
         ]
         self.flags = {k: getattr(configs[0], k) for k in SHARED if hasattr(configs[0], k)}
-        if self.flags.get("amsgrad"):
-            raise ValueError("optimizer.amsgrad=true: stacks do not train with AMSGrad")
         self.steps = 0
         self.bind(net, {name: None for name in STATE[self.rule]})
 

@@ -27,17 +27,17 @@ import torch
 
 from sweeplab.config import Config, to_flat_dict
 from sweeplab.runtime import mark_phase
+from sweeplab.training import trainer as single_run
 from sweeplab.training.data import Dataset, RandomShift, load_dataset
 from sweeplab.training.fast import native
 from sweeplab.training.model import TwoLayerNet, loss_for_task
 from sweeplab.training.stack.model import Pieces, StackedNet, StackLayout
-from sweeplab.training.stack.optim import RULE_CODES, LrSchedules, StackedOptimizer
+from sweeplab.training.stack.optim import RULE_CODES, LrSchedules, StackedOptimizer, unsupported
 from sweeplab.training.trainer import (
     Callback,
     DivergenceError,
     TrainResult,
     evaluate,
-    predict_us_per_sample,
     resolve_device,
     threads_for,
     torch_default_threads,
@@ -172,6 +172,7 @@ def covers_alone(cfg: Config) -> bool:
     loop, whatever the width and optimizer (`benchmarks/stacked_sweeps.py`, part one)."""
     return (
         cfg.trainer.native
+        and unsupported(cfg.optimizer) is None
         and cfg.trainer.backward != "autograd"
         and resolve_device(cfg.trainer.device).type == "cpu"
         and not cfg.trainer.shift_pixels
@@ -392,7 +393,8 @@ class Stack:
         final = {"test/loss": test_loss}
         if data.task != "regression":
             final["test/acc"] = test_acc
-        final["test/predict_us_per_sample"] = predict_us_per_sample(model, data.x_test, chunk)
+        for measure in single_run.RUN_METRICS:  # read now: a metric added there is logged here too
+            final |= measure(model, data, chunk)
         return final
 
     def result(self, members: list[int], history: list[dict[str, float]]) -> TrainResult:
