@@ -94,8 +94,11 @@ def test_too_many_failures_stop_the_sweep_with_a_summary(
     )
     assert "no trial completed" in done.stdout
     journal = _isolated_output / "optuna" / "hopeless.journal"
-    trials = optuna.load_study(study_name="hopeless", storage=make_storage(str(journal))).trials
-    assert len(trials) == failed and all(t.state == TrialState.FAIL for t in trials)
+    study = optuna.load_study(study_name="hopeless", storage=make_storage(str(journal)))
+    assert len(study.trials) == failed and all(t.state == TrialState.FAIL for t in study.trials)
+    parent = MlflowClient(mlflow_uri).get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FAILED"  # not FINISHED: the sweep gave up
+    assert parent.data.tags["failure_reason"].startswith("too many failed trials: ")
 
 
 @pytest.mark.slow

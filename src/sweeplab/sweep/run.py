@@ -35,7 +35,7 @@ from sweeplab.sweep.results import (
     save_study_plots,
 )
 from sweeplab.sweep.storage import BudgetLock, check_resumable, join_study, open_study
-from sweeplab.sweep.worker import Worker
+from sweeplab.sweep.worker import TOO_MANY_FAILED, Worker
 
 WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"  # set in the processes a sweep starts for its extra workers
 DEADLINE_ENV = "SWEEPLAB_SWEEP_DEADLINE"  # the main process's sweep.timeout, as a Unix time
@@ -100,7 +100,11 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     summary = _end_of_sweep(plan, study, worker, parent_run_id, reason)
     summary.wall_s = time.time() - started
     mark_phase("sweep: reported")
-    client.set_terminated(parent_run_id, "FINISHED")
+    if reason.startswith(TOO_MANY_FAILED):  # the command exits 1: the parent says why
+        client.set_tag(parent_run_id, "failure_reason", reason)
+        client.set_terminated(parent_run_id, "FAILED")
+    else:
+        client.set_terminated(parent_run_id, "FINISHED")
     return summary
 
 
