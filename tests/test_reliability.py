@@ -206,7 +206,9 @@ def test_a_killed_worker_child_is_reaped_and_its_trial_retried(mlflow_uri, _isol
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED"
     runs = children(mlflow_uri, parent.info.run_id)
-    assert all(r.info.status != "RUNNING" for r in runs)
-    killed = study.trials[victim.number]  # its run, if the dead worker's helper had made it
-    if "mlflow_run_id" in killed.user_attrs:
-        assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    # the dead worker's helper, left behind, writes what it was sent and ends the run KILLED;
+    # the sweep waits for it (it had not: the run stayed RUNNING after a busy CI machine's exit)
+    assert [r.info.status for r in runs].count("KILLED") == 1
+    assert all(r.info.status == "FINISHED" for r in runs if r.info.status != "KILLED")
+    [killed] = [r for r in runs if r.data.tags["optuna.trial"] == str(victim.number)]
+    assert killed.info.status == "KILLED"

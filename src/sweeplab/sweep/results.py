@@ -29,7 +29,7 @@ from sweeplab.config import Config, ConfigError, SweepConfig, output_dir, to_yam
 from sweeplab.figures import pyplot
 from sweeplab.sweep.plan import SweepPlan, compose_trial
 from sweeplab.sweep.space import to_overrides
-from sweeplab.sweep.storage import best_or_none, redact
+from sweeplab.sweep.storage import best_or_none, redact, wait_for_orphaned_helpers
 from sweeplab.training.mlflow_store import MAX_BATCH, client_for
 
 
@@ -91,9 +91,12 @@ def to_flat_dict_sweep(settings: SweepConfig) -> dict[str, Any]:
 
 
 def close_orphan_runs(plan: SweepPlan, study: optuna.Study) -> None:
-    """MLflow runs of trials that died with their process: RUNNING -> KILLED."""
+    """MLflow runs of trials that died with their process: RUNNING -> KILLED (by the dead
+    process's helper, or here when no helper is left to)."""
     client, _ = mlflow_client(plan)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    wait_for_orphaned_helpers(failed)
+    for trial in failed:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id and client.get_run(run_id).info.status == "RUNNING":
             client.set_tag(run_id, "failure_reason", "its worker died (trial failed on resume)")

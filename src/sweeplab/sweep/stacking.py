@@ -35,8 +35,8 @@ from sweeplab.sweep.space import suggest, to_overrides
 from sweeplab.sweep.storage import (
     HEARTBEAT_S,
     keep_reports,
+    mark_owner,
     quiet_experimental,
-    worker_id,
     write_reports,
 )
 from sweeplab.training.stack.trainer import (
@@ -102,7 +102,7 @@ def claim(study: optuna.Study, plan: SweepPlan, size: int) -> list[Claimed]:
         finally:
             study.sampler = sampler
     for entry in claimed:
-        entry.trial.set_user_attr("worker", worker_id())
+        mark_owner(entry.trial)
     return claimed
 
 

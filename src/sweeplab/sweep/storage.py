@@ -37,9 +37,11 @@ from sweeplab.config import ConfigError
 from sweeplab.runtime import interrupts_deferred
 from sweeplab.sweep.plan import SweepPlan
 from sweeplab.sweep.sampling import make_pruner, make_sampler
+from sweeplab.training.mlflow_helper import shared_helper
 
 HEARTBEAT_S = 10  # RDB storages: a running trial's heartbeat period ...
 GRACE_S = 30  # ... and the silence after which the trial counts as dead
+HELPER_GRACE_S = 60  # how long the end of a sweep waits for a dead worker's helper to finish
 ORPHAN_AFTER_S = 300  # journal: a running trial with no recorded worker this old counts as dead
 
 
@@ -228,6 +230,26 @@ class BudgetLock:
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def mark_owner(trial: optuna.Trial) -> None:
+    """Record on `trial` the process that trains it and that process's MLflow helper."""
+    trial.set_user_attr("worker", worker_id())
+    if shared_helper().pid is not None:
+        trial.set_user_attr("mlflow_helper", f"{socket.gethostname()}:{shared_helper().pid}")
+
+
+def wait_for_orphaned_helpers(trials: list[optuna.trial.FrozenTrial]) -> None:
+    """A worker killed by a signal leaves its MLflow helper behind, which writes what it was
+    sent and then ends the worker's open runs KILLED: wait (a while) until those have."""
+    helpers = {
+        t.user_attrs["mlflow_helper"]
+        for t in trials
+        if "mlflow_helper" in t.user_attrs and is_dead(t.user_attrs.get("worker"), None)
+    }
+    deadline = time.time() + HELPER_GRACE_S
+    while any(not is_dead(h, None) for h in helpers) and time.time() < deadline:
+        time.sleep(0.2)
 
 
 def is_dead(owner: str | None, started: datetime | None) -> bool:

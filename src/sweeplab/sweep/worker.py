@@ -29,6 +29,7 @@ from sweeplab.sweep.storage import (
     best_or_none,
     is_dead,
     is_rdb,
+    mark_owner,
     quiet_experimental,
     worker_id,
 )
@@ -140,7 +141,7 @@ class Worker:
     def objective(self, trial: optuna.Trial) -> float:
         """Train one trial's config; its objective's last value."""
         self.lock.release()  # the trial exists now: other workers count it
-        trial.set_user_attr("worker", worker_id())
+        mark_owner(trial)
         values = suggest(trial, self.plan.space)
         cfg = compose_trial(self.plan, values)
         if cfg.trainer.num_threads == 0:

@@ -201,6 +201,11 @@ class Helper:
         if message[0] == "start":
             self._started(key, result)
 
+    @property
+    def pid(self) -> int | None:
+        """The helper process's id; None when this process writes itself."""
+        return None if self.broken else self._process.pid
+
     def close(self) -> None:
         """Let the helper finish what it has and leave."""
         if self.broken or not hasattr(self, "_to_helper"):
