@@ -41,7 +41,7 @@ def draw_run_pictures(pictures: dict[str, Any], folder: Path) -> list[Path]:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, pil_kwargs={"compress_level": 1})
     pyplot().close(fig)
     return path
 
