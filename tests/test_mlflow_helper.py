@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -95,6 +96,9 @@ def test_messages_are_pipelined_within_the_pipes_room_and_applied_in_order(
 def test_helper_runs_below_the_training_process(helper):
     mine = os.getpriority(os.PRIO_PROCESS, 0)
     assert os.getpriority(os.PRIO_PROCESS, helper._process.pid) == min(19, mine + 10)
+    group = Path(f"/proc/{helper._process.pid}/autogroup")  # Linux with autogroup support
+    if group.exists():  # its own session is niced too, or the kernel would not lower it at all
+        assert group.read_text().split()[-1] == str(min(19, mine + 10))
 
 
 def test_a_helper_that_was_sent_nothing_is_stopped_at_once():

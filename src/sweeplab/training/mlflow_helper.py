@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from sweeplab.runtime import interrupts_deferred
@@ -78,6 +79,7 @@ class Helper:
             )  # no preexec_fn: Python run between fork and exec can hang on another thread's lock
             niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + HELPER_NICENESS)
             os.setpriority(os.PRIO_PROCESS, self._process.pid, niceness)
+            _nice_session(self._process.pid, niceness)
         except OSError as err:
             print(f"sweeplab: no MLflow helper ({err}); writing here", file=sys.stderr)
             self.broken = True
@@ -218,6 +220,14 @@ class Helper:
         except subprocess.TimeoutExpired:
             self._process.kill()
         self._from_helper.close()
+
+
+def _nice_session(pid: int, niceness: int) -> None:
+    """Where the kernel groups CPU time by session (Linux's autogroup), a process's own niceness
+    counts only inside its session: the helper, in a session of its own, would take a core's
+    share from training. Its session gets the same niceness (best effort)."""
+    with contextlib.suppress(OSError):  # no autogroup, or the kernel's rate limit on changes
+        Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
 
 
 def shared_helper(background: bool = True) -> Helper:
