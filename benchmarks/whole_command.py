@@ -13,7 +13,7 @@ and each reports its median wall time:
 - sweeplab with `tracking.log_plots=false tracking.log_model=false`.
 
 Then one more sweeplab run with `SWEEPLAB_PHASES` set gives where its time goes, phase by
-phase, in the training process and in its MLflow helper process (`runtime.mark_phase`).
+phase, in the training process and in its MLflow helper process (`phases.mark_phase`).
 MNIST must be in the cache (`make data`).
 """
 

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeplab.training import tracking
-from sweeplab.training.mlflow_helper import Helper, shared_helper
+from sweeplab.training.mlflow_helper import STORE_MODULE, Helper, shared_helper
 from sweeplab.training.mlflow_store import ORPHANED
 from sweeplab.training.tracking import train_and_track
 
@@ -236,3 +236,21 @@ def test_the_training_process_imports_neither_mlflow_nor_torch_dynamo(args, mlfl
     assert done.stdout.strip().splitlines()[-1] == "modules:"  # none of them
     # one helper process, started first thing, wrote it all
     assert phases.read_text().count("helper: MLflow imported") == 1
+
+
+def test_the_helper_process_imports_neither_hydra_nor_torch():
+    """It imports MLflow while the training process composes its config: seconds on the path to
+    a run's first write, not to be spent on libraries it does not use."""
+    listed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys, {STORE_MODULE}; "
+            "print(*sorted({m.split('.')[0] for m in sys.modules} & {'hydra', 'omegaconf', 'torch'}))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert listed.stdout.strip() == ""

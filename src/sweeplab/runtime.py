@@ -8,10 +8,8 @@ inside `interrupts_deferred()`. Nothing here imports another sweeplab module but
 from __future__ import annotations
 
 import gc
-import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -19,7 +17,6 @@ from sweeplab.config import ConfigError, ensure_output_dir, register_configs
 
 EXIT_BAD_CONFIG = 2
 EXIT_INTERRUPTED = 130
-PHASES_ENV = "SWEEPLAB_PHASES"  # a file that mark_phase appends to (benchmarks/whole_command.py)
 
 
 def run_cli(hydra_main: Callable[[], None]) -> None:
@@ -82,11 +79,3 @@ def freeze_long_lived_objects() -> None:
     The garbage collector's full collections, which MLflow's metric writes set off, then skip
     their hundreds of thousands of objects. For processes that run one job: the entry points."""
     gc.freeze()
-
-
-def mark_phase(name: str) -> None:
-    """Note that a command reached `name` (wall-clock time), where a benchmark asked for it by
-    setting $SWEEPLAB_PHASES to a file: where a whole command's time goes, in each process."""
-    if path := os.environ.get(PHASES_ENV):
-        with open(path, "a") as log:
-            log.write(f"{time.time():.4f} {name}\n")

@@ -12,12 +12,17 @@ call too.
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
-
-from sweeplab import runtime
-from sweeplab.config import CONF_DIR, Config, ConfigError, store_uri, to_config
 from sweeplab.training import mlflow_helper
+
+if __name__ == "__main__":  # before Hydra composes and torch loads: it imports MLflow meanwhile
+    mlflow_helper.start()  # (a command that then writes nothing stops it at once)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from sweeplab import runtime  # noqa: E402
+from sweeplab.config import CONF_DIR, Config, ConfigError, store_uri, to_config  # noqa: E402
+from sweeplab.phases import mark_phase  # noqa: E402
 
 
 def summary(cfg: Config, metrics: dict[str, float], epochs: int, run_id: str) -> str:
@@ -37,21 +42,19 @@ def _hydra_main(composed: DictConfig) -> None:
         cfg = to_config(composed)
     except ConfigError as err:
         runtime.exit_with_error(err)
-    runtime.mark_phase("config composed and checked")
+    mark_phase("config composed and checked")
     runtime.raise_keyboard_interrupt_on_signals()
-    if cfg.tracking.background_metrics:
-        mlflow_helper.start()  # it imports MLflow on another core while this process loads torch
     # torch (seconds to import) only once the config is good: `--cfg job`, `--help` and a bad
     # value answer at once
     from sweeplab.training import tracking, trainer
 
-    runtime.mark_phase("torch imported")
+    mark_phase("torch imported")
     runtime.freeze_long_lived_objects()
     try:
         result, run_id = tracking.train_and_track(cfg)
     except trainer.DivergenceError as err:  # the run is FAILED in MLflow with this reason
         runtime.exit_with_error(err, code=1)
-    runtime.mark_phase("run ended: everything in the store")
+    mark_phase("run ended: everything in the store")
     print(summary(cfg, result.metrics, len(result.history), run_id))
 
 

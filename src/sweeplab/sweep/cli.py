@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from sweeplab import runtime
 from sweeplab.config import CONF_DIR, ConfigError
+from sweeplab.phases import mark_phase
 from sweeplab.sweep.plan import SweepPlan, plan_sweep
 from sweeplab.sweep.results import SweepSummary
 from sweeplab.sweep.run import run_sweep, worker_index
@@ -56,7 +57,7 @@ def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(composed: DictConfig) -> None:
-    runtime.mark_phase("sweep: imported, config composed")
+    mark_phase("sweep: imported, config composed")
     hydra_config = HydraConfig.get()
     overrides = list(hydra_config.overrides.task)
     try:
@@ -67,7 +68,7 @@ def _hydra_main(composed: DictConfig) -> None:
             check_trials=not worker_index(),  # the process that started this one checked them
         )
         plan.config_name = hydra_config.job.config_name
-        runtime.mark_phase("sweep: planned (trial configs checked)")
+        mark_phase("sweep: planned (trial configs checked)")
     except ConfigError as err:
         runtime.exit_with_error(err)
     runtime.raise_keyboard_interrupt_on_signals()

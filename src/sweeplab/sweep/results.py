@@ -25,16 +25,16 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from sweeplab.config import Config, ConfigError, SweepConfig, output_dir, to_yaml
+from sweeplab.config import Config, ConfigError, SweepConfig, output_dir, store_uri, to_yaml
 from sweeplab.figures import pyplot
 from sweeplab.sweep.plan import SweepPlan, compose_trial
 from sweeplab.sweep.space import to_overrides
 from sweeplab.sweep.storage import best_or_none, redact, wait_for_orphaned_helpers
-from sweeplab.training.mlflow_store import MAX_BATCH, client_for
+from sweeplab.training.mlflow_store import MAX_BATCH, connect
 
 
 def mlflow_client(plan: SweepPlan) -> tuple[MlflowClient, str]:
-    return client_for(plan.tracking)
+    return connect(store_uri(plan.tracking), plan.tracking.experiment)
 
 
 def find_or_create_parent(plan: SweepPlan, study: optuna.Study) -> str:

@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from sweeplab.runtime import mark_phase
+from sweeplab.phases import mark_phase
 from sweeplab.sweep.plan import SweepPlan
 from sweeplab.sweep.results import (
     SweepSummary,

@@ -29,7 +29,8 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from sweeplab.config import Config
-from sweeplab.runtime import interrupts_deferred, mark_phase
+from sweeplab.phases import mark_phase
+from sweeplab.runtime import interrupts_deferred
 from sweeplab.sweep.plan import SweepPlan, compose_trials, stackable
 from sweeplab.sweep.space import suggest, to_overrides
 from sweeplab.sweep.storage import (

@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeplab.config import store_uri
-from sweeplab.runtime import mark_phase
+from sweeplab.phases import mark_phase
 from sweeplab.sweep import stacking
 from sweeplab.sweep.plan import SweepPlan, compose_trial, compose_trials
 from sweeplab.sweep.space import describe, extremes, suggest, to_overrides

@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import gc
+import os
 import re
 import sys
 import tempfile
@@ -42,9 +43,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.uri import is_local_uri
 
-from sweeplab.config import TrackingConfig, store_uri
 from sweeplab.figures import pyplot
-from sweeplab.runtime import mark_phase
+from sweeplab.phases import mark_phase
 from sweeplab.training import plots
 
 MAX_BATCH = 100  # MLflow's limit of params or tags per log_batch call
@@ -59,11 +59,6 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
         return None
     folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
     return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / folder).as_uri()
-
-
-def client_for(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
-    """The client and experiment id that `cfg` names (cached per process by `connect`)."""
-    return connect(store_uri(cfg), cfg.experiment)
 
 
 @functools.lru_cache(maxsize=8)
@@ -323,3 +318,5 @@ if __name__ == "__main__":
         Connection(int(sys.argv[1]), writable=False),
         Connection(int(sys.argv[2]), readable=False),
     )
+    sys.stderr.flush()
+    os._exit(0)  # the training process waits for this exit: skip tearing MLflow and matplotlib down

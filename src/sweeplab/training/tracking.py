@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from sweeplab.config import Config, store_uri, to_flat_dict, to_yaml
+from sweeplab.phases import mark_phase
 from sweeplab.provenance import environment_tags, git_commit
-from sweeplab.runtime import mark_phase
 from sweeplab.training import trainer
 from sweeplab.training.data import Dataset
 from sweeplab.training.mlflow_helper import Helper, shared_helper

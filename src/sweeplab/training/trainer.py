@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from sweeplab.config import Config
-from sweeplab.runtime import mark_phase
+from sweeplab.phases import mark_phase
 from sweeplab.training.data import Dataset, RandomShift, load_dataset
 from sweeplab.training.fast import ManualSteps, fast_steps
 from sweeplab.training.fast.lean_adam import step_function

@@ -26,7 +26,7 @@ from types import ModuleType
 import torch
 
 from sweeplab.config import Config, to_flat_dict
-from sweeplab.runtime import mark_phase
+from sweeplab.phases import mark_phase
 from sweeplab.training import trainer as single_run
 from sweeplab.training.data import Dataset, RandomShift, load_dataset
 from sweeplab.training.fast import native
