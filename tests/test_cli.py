@@ -96,3 +96,52 @@ def test_a_typo_in_the_sweep_name_is_named_before_any_work(extra, _isolated_outp
     assert "Could not find 'sweep/synthtic'" in done.stderr and "synthetic" in done.stderr
     assert "AssertionError" not in done.stderr and "sweep=None" not in done.stderr
     assert not (_isolated_output / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "key", "url", "why"),
+    [
+        (
+            "sweep",
+            "sweep.storage",
+            "postgresql://me:pw@127.0.0.1:9/db",
+            "No module named 'psycopg'",
+        ),
+        (
+            "sweep",
+            "sweep.storage",
+            "postgresql+psycopg2://me:pw@127.0.0.1:9/db",
+            "Connection refused",
+        ),
+        (
+            "sweep",
+            "tracking.uri",
+            "postgresql+psycopg2://me:pw@no-such-host.invalid/db",
+            "no-such-host",
+        ),
+        (
+            "train",
+            "tracking.uri",
+            "postgresql+psycopg2://me:pw@127.0.0.1:9/db",
+            "Connection refused",
+        ),
+        ("train", "tracking.uri", "http://me:pw@127.0.0.1:9", "no MLflow server answers there"),
+    ],
+)
+def test_a_store_that_cannot_be_opened_is_refused_in_one_line_before_any_work(
+    command, key, url, why, _isolated_output
+):
+    """In seconds: MLflow itself retries a dead database for minutes, after training."""
+    sweep = ["sweep=synthetic"] if command == "sweep" else []
+    done = run_cli(
+        f"sweeplab.{command}",
+        *sweep,
+        f"{key}={url}",
+        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
+    )
+    assert done.returncode == 2
+    masked = url.replace(":pw@", ":***@")
+    assert done.stderr.startswith(f"error: {key}={masked!r}: "), done.stderr
+    assert why in done.stderr and ":pw@" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (_isolated_output / "mlflow.db").exists()

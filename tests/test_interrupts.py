@@ -32,6 +32,19 @@ def test_sigterm_raises_keyboard_interrupt_at_once(our_signal_handlers):
         send_sigterm_to_self()
 
 
+def test_a_second_signal_does_not_cut_the_first_ones_cleanup(our_signal_handlers):
+    """Ctrl-C reaches a sweep's workers, then the main process's SIGTERM: one stop path."""
+    cleaned = []
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            send_sigterm_to_self()
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            cleaned.append("the runs ended")
+    assert cleaned == ["the runs ended"]
+
+
 def test_an_interrupt_inside_a_deferred_block_is_raised_when_it_ends(our_signal_handlers):
     finished = []
     with pytest.raises(KeyboardInterrupt):

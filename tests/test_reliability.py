@@ -158,6 +158,34 @@ def test_unwritable_output_folder_fails_at_start(module, tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def _worker_pid(trial: optuna.trial.FrozenTrial) -> int:
+    return int(trial.user_attrs.get("worker", ":0").rpartition(":")[2])
+
+
+def _sweep_until_both_train(args: list[str], output: Path, study_name: str):
+    """Start a 2-worker sweep (in a process group of its own, as a terminal's foreground job)
+    and wait until both processes train a trial; its process, storage and {pid: trial}."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeplab.sweep", *args],
+        env={**os.environ, "SWEEPLAB_OUTPUT": str(output)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        process_group=0,
+    )
+    storage = make_storage(str(output / "optuna" / f"{study_name}.journal"))
+    deadline = time.time() + 180
+    training: dict[int, optuna.trial.FrozenTrial] = {}
+    while len(training) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        with contextlib.suppress(KeyError, ValueError):  # until the study exists
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            running = study.get_trials(states=(TrialState.RUNNING,))
+            training = {_worker_pid(t): t for t in running if t.intermediate_values}
+    assert len(training) == 2, f"both workers never trained: {proc.poll()=}"
+    return proc, storage, training
+
+
 @pytest.mark.slow
 def test_a_killed_worker_child_is_reaped_and_its_trial_retried(mlflow_uri, _isolated_output):
     """kill -9 of an extra worker (as the OOM killer does): the main process notices at once,
@@ -174,26 +202,9 @@ def test_a_killed_worker_child_is_reaped_and_its_trial_retried(mlflow_uri, _isol
         "trainer.epochs=3000",  # seconds a trial: the kill lands while the worker trains
         "data.n_train=400",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sweeplab.sweep", *args],
-        env={**os.environ, "SWEEPLAB_OUTPUT": str(_isolated_output)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    storage = make_storage(str(_isolated_output / "optuna" / "reaped.journal"))
-    deadline = time.time() + 180
-    victim = None
-    while victim is None and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        with contextlib.suppress(KeyError, ValueError):  # until the study exists
-            study = optuna.load_study(study_name="reaped", storage=storage)
-            for trial in study.get_trials(states=(TrialState.RUNNING,)):
-                pid = int(trial.user_attrs.get("worker", ":0").rpartition(":")[2])
-                if pid not in (0, proc.pid) and trial.intermediate_values:
-                    victim = trial
-    assert victim is not None, "the extra worker never trained"
-    os.kill(int(victim.user_attrs["worker"].rpartition(":")[2]), signal.SIGKILL)
+    proc, storage, training = _sweep_until_both_train(args, _isolated_output, "reaped")
+    [victim] = [t for pid, t in training.items() if pid != proc.pid]
+    os.kill(_worker_pid(victim), signal.SIGKILL)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     assert "was killed (signal 9); its trials are failed and retried" in stderr
@@ -207,8 +218,44 @@ def test_a_killed_worker_child_is_reaped_and_its_trial_retried(mlflow_uri, _isol
     assert parent.info.status == "FINISHED"
     runs = children(mlflow_uri, parent.info.run_id)
     # the dead worker's helper, left behind, writes what it was sent and ends the run KILLED;
-    # the sweep waits for it (it had not: the run stayed RUNNING after a busy CI machine's exit)
-    assert [r.info.status for r in runs].count("KILLED") == 1
-    assert all(r.info.status == "FINISHED" for r in runs if r.info.status != "KILLED")
-    [killed] = [r for r in runs if r.data.tags["optuna.trial"] == str(victim.number)]
-    assert killed.info.status == "KILLED"
+    # the sweep waits for it (it had not: the run stayed RUNNING after a busy CI machine's exit).
+    # A helper still importing MLflow when its worker died was sent nothing: no run at all.
+    victims = [r for r in runs if r.data.tags["optuna.trial"] == str(victim.number)]
+    assert [r.info.status for r in victims] in (["KILLED"], [])
+    assert all(r.info.status == "FINISHED" for r in runs if r not in victims)
+    assert len(runs) == 6 + len(victims)
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_two_workers_stops_once_and_leaves_optuna_and_mlflow_agreeing(
+    mlflow_uri, _isolated_output
+):
+    """A terminal's Ctrl-C reaches every process of the sweep (SIGINT to its process group) and
+    the main process then stops its workers (SIGTERM): each stops once, in a few lines."""
+    args = [
+        "sweep=synthetic",
+        *SMALL,
+        f"tracking.uri={mlflow_uri}",
+        "sweep.workers=2",
+        "sweep.stack=1",
+        "sweep.n_trials=6",
+        "sweep.study_name=interrupted",
+        "trainer.epochs=3000",
+        "data.n_train=400",
+    ]
+    proc, storage, _ = _sweep_until_both_train(args, _isolated_output, "interrupted")
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "interrupted: finished trials are kept" in stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) <= 6, stderr[-3000:]
+    study = optuna.load_study(study_name="interrupted", storage=storage)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    client = MlflowClient(mlflow_uri)
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "KILLED"
+    agreeing = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "KILLED"}
+    for trial in study.trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == agreeing[trial.state.name], (trial.number, trial.state)
+        assert run.data.tags.get("optuna.trial_state") == trial.state.name

@@ -25,6 +25,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sweeplab.redaction import without_secrets
+
 ACTIVATIONS = ("sigmoid", "tanh", "relu")
 DEVICES = ("auto", "cpu", "cuda")
 BACKWARDS = ("auto", "manual", "autograd")
@@ -552,12 +554,14 @@ def _check_sweep(sweep: SweepConfig, cfg: Config) -> None:
 
 
 def to_yaml(cfg: Config) -> str:
-    """The resolved config as YAML, loadable again by `to_config` (and by `sweeplab.train`)."""
-    return yaml.dump(asdict(cfg), Dumper=YAML_DUMPER, sort_keys=False)
+    """The resolved config as YAML, loadable again by `to_config` (and by `sweeplab.train`);
+    passwords in its URLs masked."""
+    return without_secrets(yaml.dump(asdict(cfg), Dumper=YAML_DUMPER, sort_keys=False))
 
 
 def to_flat_dict(cfg: Config) -> dict[str, Any]:
-    """The config as `{"model.d_hidden": 4, ...}`, the form MLflow params take."""
+    """The config as `{"model.d_hidden": 4, ...}`, the form MLflow params take; passwords in
+    its URLs masked."""
     nested = asdict(cfg)
     flat: dict[str, Any] = {}
 
@@ -566,7 +570,7 @@ def to_flat_dict(cfg: Config) -> dict[str, Any]:
             for key, value in node.items():
                 walk(value, f"{prefix}{key}.")
         else:
-            flat[prefix[:-1]] = node
+            flat[prefix[:-1]] = without_secrets(node) if isinstance(node, str) else node
 
     walk(nested, "")
     return flat

@@ -23,6 +23,7 @@ from omegaconf import DictConfig  # noqa: E402
 from sweeplab import runtime  # noqa: E402
 from sweeplab.config import CONF_DIR, Config, ConfigError, store_uri, to_config  # noqa: E402
 from sweeplab.phases import mark_phase  # noqa: E402
+from sweeplab.stores import check_reachable  # noqa: E402
 
 
 def summary(cfg: Config, metrics: dict[str, float], epochs: int, run_id: str) -> str:
@@ -38,8 +39,10 @@ def summary(cfg: Config, metrics: dict[str, float], epochs: int, run_id: str) ->
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(composed: DictConfig) -> None:
+    runtime.redact_hydra_record()
     try:
         cfg = to_config(composed)
+        check_reachable("tracking.uri", store_uri(cfg.tracking))
     except ConfigError as err:
         runtime.exit_with_error(err)
     mark_phase("config composed and checked")

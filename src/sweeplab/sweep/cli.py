@@ -12,6 +12,7 @@ checked, then `run.run_sweep` runs it.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import hydra
@@ -19,8 +20,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from sweeplab import runtime
-from sweeplab.config import CONF_DIR, ConfigError
+from sweeplab.config import CONF_DIR, ConfigError, store_uri
 from sweeplab.phases import mark_phase
+from sweeplab.stores import check_reachable
 from sweeplab.sweep.plan import SweepPlan, plan_sweep
 from sweeplab.sweep.results import SweepSummary
 from sweeplab.sweep.run import run_sweep, worker_index
@@ -57,6 +59,7 @@ def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(composed: DictConfig) -> None:
+    runtime.redact_hydra_record()
     mark_phase("sweep: imported, config composed")
     hydra_config = HydraConfig.get()
     overrides = list(hydra_config.overrides.task)
@@ -68,20 +71,26 @@ def _hydra_main(composed: DictConfig) -> None:
             check_trials=not worker_index(),  # the process that started this one checked them
         )
         plan.config_name = hydra_config.job.config_name
+        check_reachable("sweep.storage", plan.storage)
+        check_reachable("tracking.uri", store_uri(plan.tracking))
         mark_phase("sweep: planned (trial configs checked)")
     except ConfigError as err:
         runtime.exit_with_error(err)
     runtime.raise_keyboard_interrupt_on_signals()
+    # Optuna logs a warning and a traceback for each trial an interrupt stops, in every worker:
+    # the command says it once instead
+    logging.getLogger("optuna.study._optimize").addFilter(lambda _: not runtime.stopping())
     runtime.freeze_long_lived_objects()
     try:
         summary = run_sweep(plan, argv=sys.argv[1:])
     except ConfigError as err:
         runtime.exit_with_error(err)
     except KeyboardInterrupt:
-        print(
-            "\ninterrupted: finished trials are kept; rerun the same command to resume",
-            file=sys.stderr,
-        )
+        if not worker_index():  # the main process speaks for its workers
+            print(
+                "\ninterrupted: finished trials are kept; rerun the same command to resume",
+                file=sys.stderr,
+            )
         sys.exit(runtime.EXIT_INTERRUPTED)
     if not worker_index():
         print_summary(summary, plan)

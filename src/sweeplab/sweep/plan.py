@@ -26,6 +26,7 @@ from sweeplab.config import (
     to_config,
     validate,
 )
+from sweeplab.redaction import without_secrets
 from sweeplab.sweep.sampling import make_pruner, make_sampler
 from sweeplab.sweep.space import SearchSpace, extremes, parse_space, to_overrides
 from sweeplab.training.stack.trainer import STACKABLE
@@ -56,7 +57,9 @@ class SweepPlan:
             "objective": self.objective,
             "direction": self.settings.direction,
             "params": self.space.expressions,
-            "overrides": sorted(o for o in self.overrides if not o.startswith("sweep")),
+            "overrides": sorted(
+                without_secrets(o) for o in self.overrides if not o.startswith("sweep")
+            ),
         }
 
 

@@ -27,9 +27,10 @@ from optuna.trial import TrialState
 
 from sweeplab.config import Config, ConfigError, SweepConfig, output_dir, store_uri, to_yaml
 from sweeplab.figures import pyplot
+from sweeplab.redaction import without_secrets
 from sweeplab.sweep.plan import SweepPlan, compose_trial
 from sweeplab.sweep.space import to_overrides
-from sweeplab.sweep.storage import best_or_none, redact, wait_for_orphaned_helpers
+from sweeplab.sweep.storage import best_or_none, wait_for_orphaned_helpers
 from sweeplab.training.mlflow_store import MAX_BATCH, connect
 
 
@@ -60,10 +61,10 @@ def find_or_create_parent(plan: SweepPlan, study: optuna.Study) -> str:
     params |= {f"space.{k}": v for k, v in plan.space.expressions.items()}
     params |= {
         "objective": plan.objective,
-        "storage": redact(plan.storage),
+        "storage": plan.storage,
         "overrides": " ".join(plan.overrides),
     }
-    batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    batch = [Param(k, without_secrets(str(v))[:6000]) for k, v in params.items()]
     for i in range(0, len(batch), MAX_BATCH):
         client.log_batch(run_id, params=batch[i : i + MAX_BATCH])
     study.set_user_attr("mlflow_parent_run_id", run_id)

@@ -55,9 +55,9 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     """
     started = time.time()
     index = worker_index()
+    study = open_study(plan)  # a storage that cannot be opened is refused before MLflow is touched
     mlflow_client(plan)  # create the MLflow store once, before any worker starts
     mark_phase("sweep: MLflow store ready")
-    study = open_study(plan)
     bootstrap = BudgetLock(plan.storage, plan.study_name)
     with bootstrap:
         check_resumable(plan, study)

@@ -31,10 +31,12 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
 from optuna.storages.journal._storage import JournalOperation
 from sqlalchemy import create_engine, insert, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from sweeplab.config import ConfigError
+from sweeplab.redaction import without_secrets
 from sweeplab.runtime import interrupts_deferred
+from sweeplab.stores import why
 from sweeplab.sweep.plan import SweepPlan
 from sweeplab.sweep.sampling import make_pruner, make_sampler
 from sweeplab.training.mlflow_helper import shared_helper
@@ -49,22 +51,20 @@ def is_rdb(storage: str) -> bool:
     return "://" in storage
 
 
-def redact(storage: str) -> str:
-    """The storage URL without its password, for logs and MLflow params."""
-    if not is_rdb(storage):
-        return storage
-    return make_url(storage).render_as_string(hide_password=True)
-
-
 def make_storage(storage: str) -> optuna.storages.BaseStorage:
     if is_rdb(storage):
-        with quiet_experimental():
-            return RDBStorage(
-                storage,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-            )
+        try:
+            with quiet_experimental():
+                return RDBStorage(
+                    storage,
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+        except (ImportError, SQLAlchemyError) as err:
+            raise ConfigError(
+                f"sweep.storage={without_secrets(storage)!r}: cannot open it ({why(err)})"
+            ) from None
     path = Path(storage)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +193,7 @@ class BudgetLock:
             self._path = Path(storage + ".budget.lock")
         else:
             raise ConfigError(
-                f"sweep.storage={redact(storage)!r}: use a journal file, SQLite or PostgreSQL "
+                f"sweep.storage={without_secrets(storage)!r}: use a journal file, SQLite or PostgreSQL "
                 "(budgets across workers are locked on those)"
             )
 
@@ -335,7 +335,7 @@ def check_resumable(plan: SweepPlan, study: optuna.Study) -> None:
     elif stored != plan.identity:
         changed = sorted(k for k in plan.identity if plan.identity[k] != stored.get(k))
         raise ConfigError(
-            f"sweep.study_name={plan.study_name!r}: the study in {redact(plan.storage)} was run with "
+            f"sweep.study_name={plan.study_name!r}: the study in {without_secrets(plan.storage)} was run with "
             f"a different {', '.join(changed)} (was {[stored.get(k) for k in changed]}); "
             "choose another sweep.study_name or remove the old study to start afresh"
         )

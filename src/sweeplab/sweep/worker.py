@@ -15,11 +15,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from sweeplab.config import store_uri
+from sweeplab.config import Config, store_uri
 from sweeplab.phases import mark_phase
 from sweeplab.sweep import stacking
 from sweeplab.sweep.plan import SweepPlan, compose_trial, compose_trials
@@ -35,7 +36,7 @@ from sweeplab.sweep.storage import (
 )
 from sweeplab.training.mlflow_helper import shared_helper
 from sweeplab.training.tracking import train_and_track
-from sweeplab.training.trainer import Callback, auto_threads
+from sweeplab.training.trainer import Callback, TrainResult, auto_threads
 
 MIN_FINISHED_FOR_FAILURE_RATE = 5
 TOO_MANY_FAILED = "too many failed trials"
@@ -148,7 +149,23 @@ class Worker:
             cfg.trainer.num_threads = auto_threads(cfg, available=self.threads)
         if cfg.tracking.run_name is None:
             cfg.tracking.run_name = f"{self.plan.study_name}-trial-{trial.number}"
-        result, _ = train_and_track(
+        try:
+            result, _ = self._train(trial, cfg, values)
+        except KeyboardInterrupt:  # Optuna fails the trial: its run says so, as after_trial would
+            self._tag_state(trial.number, TrialState.FAIL)
+            raise
+        value = result.metrics[self.plan.objective]
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{self.plan.objective}={value}")
+        trial.set_user_attr("test/acc", result.metrics.get("test/acc"))
+        trial.set_user_attr("test/loss", result.metrics.get("test/loss"))
+        return value
+
+    def _train(
+        self, trial: optuna.Trial, cfg: Config, values: dict[str, Any]
+    ) -> tuple[TrainResult, str]:
+        """Train and track one trial's config, reporting to Optuna for its pruner."""
+        return train_and_track(
             cfg,
             callbacks=(PruningCallback(trial, self.plan.objective),),
             parent_run_id=self.parent_run_id,
@@ -162,19 +179,11 @@ class Worker:
             on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
             key=self.run_key(trial.number),
         )
-        value = result.metrics[self.plan.objective]
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{self.plan.objective}={value}")
-        trial.set_user_attr("test/acc", result.metrics.get("test/acc"))
-        trial.set_user_attr("test/loss", result.metrics.get("test/loss"))
-        return value
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Tag the trial's MLflow run with its state, log the parent's best-so-far, print a line
         (the MLflow writes go through the helper)."""
-        key = self.run_key(trial.number)
-        if key in self.helper.uris:  # its run was started (a trial can fail before)
-            self.helper.send(("tags", key, {"optuna.trial_state": trial.state.name}))
+        self._tag_state(trial.number, trial.state)
         best = best_or_none(study)
         if trial.state == TrialState.COMPLETE and best is not None:
             now = int(time.time() * 1000)
@@ -191,6 +200,11 @@ class Worker:
         line = f"{self.label}trial {trial.number:>3} {trial.state.name:<8} {shown:<16} {best_text}  {params}"
         for hook in self.on_trial_done:
             hook(line)
+
+    def _tag_state(self, number: int, state: TrialState) -> None:
+        key = self.run_key(number)
+        if key in self.helper.uris:  # its run was started (a trial can fail before)
+            self.helper.send(("tags", key, {"optuna.trial_state": state.name}))
 
     def work(self, deadline: float | None) -> str:
         """Run trials until a stop condition; return why it stopped."""

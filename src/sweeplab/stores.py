@@ -1,0 +1,67 @@
+"""Is a store there? A database or MLflow server named by `tracking.uri` or `sweep.storage` is
+asked once, in seconds, before any work, and a store that does not answer is refused in one line.
+
+    check_reachable("tracking.uri", "postgresql+psycopg2://me@db/mlflow")   # or ConfigError
+
+MLflow itself retries a database that does not answer for about two minutes per process, after
+the run has trained; a missing driver surfaces as "Failed to import DB access module".
+Local stores (a SQLite file, a journal) need no asking: the output folder is checked apart.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from sweeplab.config import ConfigError
+from sweeplab.redaction import without_secrets
+
+TIMEOUT_S = 10  # to connect to a store's server
+
+
+def check_reachable(key: str, url: str) -> None:
+    """Refuse `url` (the value of `key`) if its server does not answer."""
+    if url.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(url)
+        host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+        health = parts._replace(netloc=host, path=f"{parts.path.rstrip('/')}/health")
+        try:
+            with urllib.request.urlopen(health.geturl(), timeout=TIMEOUT_S):
+                return
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ConfigError(
+                f"{key}={without_secrets(url)!r}: no MLflow server answers there ({reason})"
+            ) from None
+    if "://" in url and not url.startswith(("sqlite:", "file:")):
+        _check_database(key, url)
+
+
+def _check_database(key: str, url: str) -> None:
+    # SQLAlchemy (a few tenths of a second to import) only for a database URL: the usual stores
+    # are local files
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        engine = create_engine(url, connect_args=_timeout_args(url))
+        with engine.connect():
+            pass
+        engine.dispose()
+    except (ImportError, SQLAlchemyError) as err:
+        raise ConfigError(f"{key}={without_secrets(url)!r}: cannot open it ({why(err)})") from None
+
+
+def _timeout_args(url: str) -> dict[str, int]:
+    """A bounded connect for the drivers that take one (an unanswered host would hang minutes)."""
+    return {"connect_timeout": TIMEOUT_S} if url.startswith(("postgresql", "mysql")) else {}
+
+
+def why(err: BaseException) -> str:
+    """The first line of what went wrong opening a store, without the libraries' wrapping."""
+    if isinstance(err, ImportError):  # Optuna's "Failed to import DB access module" hides it
+        missing = err.__cause__ or err
+        return f"{missing}: name a driver that is installed, e.g. postgresql+psycopg2://..."
+    cause = getattr(err, "orig", None) or err
+    return without_secrets(str(cause).strip().splitlines()[0])
