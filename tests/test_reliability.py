@@ -3,12 +3,10 @@ starts, unwritable output folders. Real processes, real storages, a real MLflow 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -19,7 +17,7 @@ from optuna.trial import TrialState
 from sweeplab.sweep.storage import make_storage
 
 from .conftest import run_cli
-from .test_sweep import SMALL, children, write_sweep_file
+from .test_sweep import SMALL, children, sweep_in_background, write_sweep_file
 
 
 def regression_sweep(conf: Path, name: str, lrs: str) -> list[str]:
@@ -162,48 +160,31 @@ def _worker_pid(trial: optuna.trial.FrozenTrial) -> int:
     return int(trial.user_attrs.get("worker", ":0").rpartition(":")[2])
 
 
-def _sweep_until_both_train(args: list[str], output: Path, study_name: str):
-    """Start a 2-worker sweep (in a process group of its own, as a terminal's foreground job)
-    and wait until both processes train a trial; its process, storage and {pid: trial}."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sweeplab.sweep", *args],
-        env={**os.environ, "SWEEPLAB_OUTPUT": str(output)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        process_group=0,
-    )
-    storage = make_storage(str(output / "optuna" / f"{study_name}.journal"))
-    deadline = time.time() + 180
-    training: dict[int, optuna.trial.FrozenTrial] = {}
-    while len(training) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        with contextlib.suppress(KeyError, ValueError):  # until the study exists
-            study = optuna.load_study(study_name=study_name, storage=storage)
-            running = study.get_trials(states=(TrialState.RUNNING,))
-            training = {_worker_pid(t): t for t in running if t.intermediate_values}
-    assert len(training) == 2, f"both workers never trained: {proc.poll()=}"
-    return proc, storage, training
+def _both_train(running: list[optuna.trial.FrozenTrial]) -> bool:
+    return len({_worker_pid(t) for t in running if t.intermediate_values}) == 2
+
+
+TWO_WORKERS_TRAINING = [  # a sweep whose 2 processes each train a trial for seconds
+    "sweep=synthetic",
+    *SMALL,
+    "sweep.workers=2",
+    "sweep.stack=1",
+    "sweep.n_trials=6",
+    "trainer.epochs=3000",
+    "data.n_train=400",
+]
 
 
 @pytest.mark.slow
 def test_a_killed_worker_child_is_reaped_and_its_trial_retried(mlflow_uri, _isolated_output):
     """kill -9 of an extra worker (as the OOM killer does): the main process notices at once,
     fails and retries its trial, and the sweep ends with the exact budget, nothing RUNNING."""
-    args = [
-        "sweep=synthetic",
-        *SMALL,
-        f"tracking.uri={mlflow_uri}",
-        "sweep.workers=2",
-        "sweep.stack=1",
-        "sweep.n_trials=6",
-        "sweep.pruner.name=none",
-        "sweep.study_name=reaped",
-        "trainer.epochs=3000",  # seconds a trial: the kill lands while the worker trains
-        "data.n_train=400",
-    ]
-    proc, storage, training = _sweep_until_both_train(args, _isolated_output, "reaped")
-    [victim] = [t for pid, t in training.items() if pid != proc.pid]
+    args = [*TWO_WORKERS_TRAINING, f"tracking.uri={mlflow_uri}", "sweep.pruner.name=none"]
+    proc, running = sweep_in_background(
+        [*args, "sweep.study_name=reaped"], _isolated_output, "reaped", _both_train
+    )
+    storage = make_storage(str(_isolated_output / "optuna" / "reaped.journal"))
+    [victim] = [t for t in running if t.intermediate_values and _worker_pid(t) != proc.pid]
     os.kill(_worker_pid(victim), signal.SIGKILL)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
@@ -218,33 +199,23 @@ def test_a_killed_worker_child_is_reaped_and_its_trial_retried(mlflow_uri, _isol
     assert parent.info.status == "FINISHED"
     runs = children(mlflow_uri, parent.info.run_id)
     # the dead worker's helper, left behind, writes what it was sent and ends the run KILLED;
-    # the sweep waits for it (it had not: the run stayed RUNNING after a busy CI machine's exit).
-    # A helper still importing MLflow when its worker died was sent nothing: no run at all.
-    victims = [r for r in runs if r.data.tags["optuna.trial"] == str(victim.number)]
-    assert [r.info.status for r in victims] in (["KILLED"], [])
-    assert all(r.info.status == "FINISHED" for r in runs if r not in victims)
-    assert len(runs) == 6 + len(victims)
+    # the sweep waits for it (it had not: the run stayed RUNNING after a busy CI machine's exit)
+    [killed] = [r for r in runs if r.data.tags["optuna.trial"] == str(victim.number)]
+    assert killed.info.status == "KILLED"
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 6 + ["KILLED"]
 
 
 @pytest.mark.slow
 def test_ctrl_c_with_two_workers_stops_once_and_leaves_optuna_and_mlflow_agreeing(
     mlflow_uri, _isolated_output
 ):
-    """A terminal's Ctrl-C reaches every process of the sweep (SIGINT to its process group) and
+    """A terminal's Ctrl-C reaches every process of the sweep (SIGINT to its process group), and
     the main process then stops its workers (SIGTERM): each stops once, in a few lines."""
-    args = [
-        "sweep=synthetic",
-        *SMALL,
-        f"tracking.uri={mlflow_uri}",
-        "sweep.workers=2",
-        "sweep.stack=1",
-        "sweep.n_trials=6",
-        "sweep.study_name=interrupted",
-        "trainer.epochs=3000",
-        "data.n_train=400",
-    ]
-    proc, storage, _ = _sweep_until_both_train(args, _isolated_output, "interrupted")
-    os.killpg(proc.pid, signal.SIGINT)
+    args = [*TWO_WORKERS_TRAINING, f"tracking.uri={mlflow_uri}", "sweep.study_name=interrupted"]
+    proc, running = sweep_in_background(args, _isolated_output, "interrupted", _both_train)
+    storage = make_storage(str(_isolated_output / "optuna" / "interrupted.journal"))
+    for pid in {_worker_pid(t) for t in running}:  # as a terminal sends it to the foreground job
+        os.kill(pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr[-3000:]
     assert "interrupted: finished trials are kept" in stderr
