@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
+import torch
 
 from .conftest import TINY, run_cli
 
@@ -145,3 +150,32 @@ def test_a_store_that_cannot_be_opened_is_refused_in_one_line_before_any_work(
     assert why in done.stderr and ":pw@" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (_isolated_output / "mlflow.db").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_device_this_machine_lacks_is_refused_before_any_run(command, _isolated_output):
+    sweep = ["sweep=synthetic"] if command == "sweep" else []
+    done = run_cli(
+        f"sweeplab.{command}",
+        *sweep,
+        "trainer.device=cuda",
+        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
+    )
+    assert done.returncode == 2
+    assert done.stderr == "error: trainer.device='cuda': CUDA is not available on this machine\n"
+    assert not (_isolated_output / "mlflow.db").exists()
+
+
+def test_a_relative_sqlite_store_is_the_folder_the_command_runs_in(tmp_path, _isolated_output):
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeplab.train", *TINY, "tracking.uri=sqlite:///runs.db"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "SWEEPLAB_OUTPUT": str(_isolated_output)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"store sqlite:///{tmp_path / 'runs.db'})" in done.stdout
+    assert list((tmp_path / "mlartifacts").rglob("config.yaml"))

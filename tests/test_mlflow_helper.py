@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from sweeplab.config import output_dir
 from sweeplab.training import tracking
 from sweeplab.training.mlflow_helper import STORE_MODULE, Helper, shared_helper
 from sweeplab.training.mlflow_store import ORPHANED
@@ -36,6 +37,7 @@ def spec(uri, name="helper-test"):
     return {
         "uri": uri,
         "experiment": "helper",
+        "output": str(output_dir()),
         "run_name": name,
         "tags": {"purpose": "test"},
         "params": {"model.d_hidden": "4"},

@@ -100,6 +100,9 @@ def test_a_planted_password_is_never_written_or_printed(postgres_url, tmp_path):
     for d in done:
         assert PLANTED not in d.stdout + d.stderr
     assert _files_holding(tmp_path, PLANTED) == []
+    # a database store's artifacts are in the output folder, not in ./mlruns where it ran
+    assert not (tmp_path / "mlruns").exists()
+    assert list((tmp_path / "outputs" / "mlartifacts").rglob("config.yaml"))
     assert _rows_holding(tracking, PLANTED) == []
     assert _rows_holding(storage, PLANTED) == []
     # what was masked is there, masked: the runs' params and config, the sweep's parent

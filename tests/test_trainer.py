@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from sweeplab.config import ConfigError
 from sweeplab.training import fast, optim, trainer
 from sweeplab.training.fast.backprop import ManualBackprop
 from sweeplab.training.trainer import Callback, DivergenceError
@@ -110,7 +111,7 @@ def test_device_auto_is_cpu_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     assert trainer.resolve_device("auto").type == "cpu"
-    with pytest.raises(RuntimeError, match="trainer.device='cuda'"):
+    with pytest.raises(ConfigError, match="trainer.device='cuda'"):
         trainer.resolve_device("cuda")
 
 

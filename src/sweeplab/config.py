@@ -68,8 +68,13 @@ def ensure_output_dir() -> Path:
 
 
 def store_uri(cfg: TrackingConfig) -> str:
-    """The tracking URI to use: the configured one, or the project's SQLite store."""
-    return cfg.uri or f"sqlite:///{output_dir() / 'mlflow.db'}"
+    """The tracking URI to use: the configured one (a relative SQLite path made absolute, from
+    the folder the command runs in), or the project's SQLite store."""
+    uri = cfg.uri or f"sqlite:///{output_dir() / 'mlflow.db'}"
+    path = uri.removeprefix("sqlite:///")
+    if uri.startswith("sqlite:///") and path != ":memory:" and not Path(path).is_absolute():
+        return f"sqlite:///{Path(path).resolve()}"
+    return uri
 
 
 # data: each schema names the function that builds its Dataset (sweeplab.training.data)

@@ -54,6 +54,10 @@ def _hydra_main(composed: DictConfig) -> None:
     mark_phase("torch imported")
     runtime.freeze_long_lived_objects()
     try:
+        trainer.resolve_device(cfg.trainer.device)
+    except ConfigError as err:  # no run is created for a device this machine lacks
+        runtime.exit_with_error(err)
+    try:
         result, run_id = tracking.train_and_track(cfg)
     except trainer.DivergenceError as err:  # the run is FAILED in MLflow with this reason
         runtime.exit_with_error(err, code=1)

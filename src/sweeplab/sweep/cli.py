@@ -28,6 +28,7 @@ from sweeplab.sweep.results import SweepSummary
 from sweeplab.sweep.run import run_sweep, worker_index
 from sweeplab.sweep.space import describe
 from sweeplab.sweep.worker import TOO_MANY_FAILED
+from sweeplab.training.trainer import resolve_device
 
 
 def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
@@ -71,6 +72,7 @@ def _hydra_main(composed: DictConfig) -> None:
             check_trials=not worker_index(),  # the process that started this one checked them
         )
         plan.config_name = hydra_config.job.config_name
+        resolve_device(composed.trainer.device)
         check_reachable("sweep.storage", plan.storage)
         check_reachable("tracking.uri", store_uri(plan.tracking))
         mark_phase("sweep: planned (trial configs checked)")

@@ -35,7 +35,7 @@ from sweeplab.training.mlflow_store import MAX_BATCH, connect
 
 
 def mlflow_client(plan: SweepPlan) -> tuple[MlflowClient, str]:
-    return connect(store_uri(plan.tracking), plan.tracking.experiment)
+    return connect(store_uri(plan.tracking), plan.tracking.experiment, str(output_dir()))
 
 
 def find_or_create_parent(plan: SweepPlan, study: optuna.Study) -> str:

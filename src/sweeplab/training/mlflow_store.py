@@ -53,24 +53,30 @@ MAX_PARAM_CHARS = 6000  # MLflow's limit of a param value's length
 ORPHANED = "the training process ended without ending this run (killed?)"
 
 
-def _artifact_location(uri: str, experiment: str) -> str | None:
-    """Artifacts beside a SQLite store (`<db dir>/mlartifacts/<experiment>`); servers choose."""
-    if not uri.startswith("sqlite:///"):
-        return None
+def _artifact_location(uri: str, experiment: str, output: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a SQLite store (`<db dir>/mlartifacts/
+    <experiment>`), in the output folder for a database server (MLflow's own default is
+    ./mlruns wherever the command runs); an MLflow server chooses."""
     folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
-    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / folder).as_uri()
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / folder).as_uri()
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return (Path(output) / "mlartifacts" / folder).as_uri()
 
 
 @functools.lru_cache(maxsize=8)
-def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
-    """A client for `uri` and the id of `experiment` (created if new). Done once per process."""
+def connect(uri: str, experiment: str, output: str) -> tuple[MlflowClient, str]:
+    """A client for `uri` and the id of `experiment` (created if new, its artifacts under the
+    `output` folder where the store does not say). Done once per process."""
     with _store_lock(uri):  # processes creating a new SQLite store at once would race
         client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)
         if found is not None:
             return client, found.experiment_id
         try:
-            return client, client.create_experiment(experiment, _artifact_location(uri, experiment))
+            location = _artifact_location(uri, experiment, output)
+            return client, client.create_experiment(experiment, location)
         except MlflowException:  # created meanwhile by a process using another store lock
             found = client.get_experiment_by_name(experiment)
             if found is None:
@@ -124,7 +130,7 @@ class RunStore:
     def start(self, key: str, spec: dict[str, Any]) -> str:
         """A new run: `spec` holds its store's uri, experiment, run_name, tags, params (a
         flat dict) and config_yaml (logged as config.yaml)."""
-        client, experiment_id = connect(spec["uri"], spec["experiment"])
+        client, experiment_id = connect(spec["uri"], spec["experiment"], spec["output"])
         fast_sqlite(client)
         created = client.create_run(experiment_id, tags=spec["tags"], run_name=spec["run_name"])
         run_id = created.info.run_id

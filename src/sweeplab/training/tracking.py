@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweeplab.config import Config, store_uri, to_flat_dict, to_yaml
+from sweeplab.config import Config, output_dir, store_uri, to_flat_dict, to_yaml
 from sweeplab.phases import mark_phase
 from sweeplab.provenance import environment_tags, git_commit
 from sweeplab.training import trainer
@@ -62,6 +62,7 @@ def run_spec(cfg: Config, parent_run_id: str | None, tags: dict[str, str] | None
     return {
         "uri": store_uri(cfg.tracking),
         "experiment": cfg.tracking.experiment,
+        "output": str(output_dir()),
         "run_name": cfg.tracking.run_name or default_run_name(cfg),
         "tags": all_tags,
         "params": params,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from sweeplab.config import Config
+from sweeplab.config import Config, ConfigError
 from sweeplab.phases import mark_phase
 from sweeplab.training.data import Dataset, RandomShift, load_dataset
 from sweeplab.training.fast import ManualSteps, fast_steps
@@ -56,11 +56,18 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device `trainer.device` names; a ConfigError where this machine has no such device
+    (the commands ask before any run is created)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={name!r}: CUDA is not available on this machine")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name!r}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"trainer.device={name!r}: this machine has {torch.cuda.device_count()} CUDA devices"
+        )
+    return device
 
 
 class AutogradSteps:
