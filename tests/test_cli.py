@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from .conftest import TINY, run_cli
+from .test_sweep import SMALL
 
 
 @pytest.mark.slow
@@ -167,15 +168,44 @@ def test_a_device_this_machine_lacks_is_refused_before_any_run(command, _isolate
     assert not (_isolated_output / "mlflow.db").exists()
 
 
-def test_a_relative_sqlite_store_is_the_folder_the_command_runs_in(tmp_path, _isolated_output):
+def test_relative_stores_live_in_the_output_folder_wherever_the_command_runs(
+    tmp_path, _isolated_output
+):
+    """A relative SQLite tracking store and sweep storage: in the output folder, so a resume
+    from another folder finds them."""
+    args = ["tracking.uri=sqlite:///runs.db", "sweep.storage=sqlite:///studies.db"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     done = subprocess.run(
-        [sys.executable, "-m", "sweeplab.train", *TINY, "tracking.uri=sqlite:///runs.db"],
+        [
+            sys.executable,
+            "-m",
+            "sweeplab.sweep",
+            "sweep=synthetic",
+            *SMALL,
+            *args,
+            "sweep.n_trials=1",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=tmp_path,
+        cwd=elsewhere,
         env={**os.environ, "SWEEPLAB_OUTPUT": str(_isolated_output)},
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"store sqlite:///{tmp_path / 'runs.db'})" in done.stdout
-    assert list((tmp_path / "mlartifacts").rglob("config.yaml"))
+    assert (_isolated_output / "runs.db").exists() and (_isolated_output / "studies.db").exists()
+    assert list((_isolated_output / "mlartifacts").rglob("config.yaml"))
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["../x", "../../x", ".hidden", "a/b", ""])
+def test_a_study_name_that_is_not_a_plain_file_name_is_refused(name, _isolated_output):
+    done = run_cli(
+        "sweeplab.sweep",
+        "sweep=synthetic",
+        f"sweep.study_name='{name}'",
+        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: sweep.study_name={name!r}: must be letters"), done.stderr
+    assert not (_isolated_output / "mlflow.db").exists()

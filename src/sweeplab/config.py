@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,13 +69,18 @@ def ensure_output_dir() -> Path:
 
 
 def store_uri(cfg: TrackingConfig) -> str:
-    """The tracking URI to use: the configured one (a relative SQLite path made absolute, from
-    the folder the command runs in), or the project's SQLite store."""
-    uri = cfg.uri or f"sqlite:///{output_dir() / 'mlflow.db'}"
-    path = uri.removeprefix("sqlite:///")
-    if uri.startswith("sqlite:///") and path != ":memory:" and not Path(path).is_absolute():
-        return f"sqlite:///{Path(path).resolve()}"
-    return uri
+    """The tracking URI to use: the configured one (a relative SQLite path in the output
+    folder), or the project's SQLite store."""
+    return in_output_dir(cfg.uri or f"sqlite:///{output_dir() / 'mlflow.db'}")
+
+
+def in_output_dir(store: str) -> str:
+    """A store named by a relative path (`sqlite:///runs.db`, `my.journal`) lives in the output
+    folder, whatever folder the command runs in (a resume from elsewhere finds it)."""
+    path = store.removeprefix("sqlite:///")
+    if "://" in path or path == ":memory:" or Path(path).is_absolute():
+        return store
+    return store.removesuffix(path) + str(output_dir() / path)
 
 
 # data: each schema names the function that builds its Dataset (sweeplab.training.data)
@@ -555,6 +561,12 @@ def _check_sweep(sweep: SweepConfig, cfg: Config) -> None:
         "sweep.timeout",
         sweep.timeout,
         "must be > 0 seconds (or null)",
+    )
+    _require(  # it names files: outputs/optuna/<study>.journal, outputs/sweeps/<study>/
+        sweep.study_name is None or re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", sweep.study_name),
+        "sweep.study_name",
+        sweep.study_name,
+        "must be letters, digits, '_', '-' and '.', not starting with '.' (it names files)",
     )
 
 

@@ -21,6 +21,7 @@ from sweeplab.config import (
     ConfigError,
     SweepConfig,
     TrackingConfig,
+    in_output_dir,
     output_dir,
     sweep_objective,
     to_config,
@@ -93,7 +94,9 @@ def plan_sweep(
         objective=objective,
         space=space,
         overrides=list(overrides),
-        storage=settings.storage or str(output_dir() / "optuna" / f"{study_name}.journal"),
+        storage=in_output_dir(
+            settings.storage or str(output_dir() / "optuna" / f"{study_name}.journal")
+        ),
         tracking=cfg.tracking,
     )
     if not check_trials:
