@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from .conftest import TINY, run_cli
+from .test_mnist import tiny_arrays, write_idx_set
 from .test_sweep import SMALL
 
 
@@ -208,4 +209,34 @@ def test_a_study_name_that_is_not_a_plain_file_name_is_refused(name, _isolated_o
     )
     assert done.returncode == 2
     assert done.stderr.startswith(f"error: sweep.study_name={name!r}: must be letters"), done.stderr
+    assert not (_isolated_output / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+@pytest.mark.parametrize(
+    ("files", "override", "said"),
+    [
+        (False, "data.n_val=5", "train-images-idx3-ubyte(.gz): missing"),
+        (True, "data.n_val=100", "data.n_val=100: the dataset has only 30 training images"),
+    ],
+)
+def test_data_that_cannot_be_used_is_refused_before_any_run(
+    command, files, override, said, tmp_path, _isolated_output
+):
+    """Checked by loading it, once, before any run (the run then reuses what was loaded)."""
+    root = tmp_path / "idx"
+    if files:
+        write_idx_set(root, tiny_arrays())
+    sweep = ["sweep=mnist"] if command == "sweep" else []
+    done = run_cli(
+        f"sweeplab.{command}",
+        *sweep,
+        "data=idx",
+        f"data.root={root}",
+        override,
+        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and said in done.stderr, done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (_isolated_output / "mlflow.db").exists()

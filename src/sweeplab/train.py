@@ -49,13 +49,14 @@ def _hydra_main(composed: DictConfig) -> None:
     runtime.raise_keyboard_interrupt_on_signals()
     # torch (seconds to import) only once the config is good: `--cfg job`, `--help` and a bad
     # value answer at once
-    from sweeplab.training import tracking, trainer
+    from sweeplab.training import data, tracking, trainer
 
     mark_phase("torch imported")
     runtime.freeze_long_lived_objects()
-    try:
+    try:  # no run is created for a device this machine lacks or data that cannot be read
         trainer.resolve_device(cfg.trainer.device)
-    except ConfigError as err:  # no run is created for a device this machine lacks
+        data.load_dataset(cfg.data)  # (kept for the run: loaded once per process)
+    except ConfigError as err:
         runtime.exit_with_error(err)
     try:
         result, run_id = tracking.train_and_track(cfg)

@@ -28,6 +28,7 @@ from sweeplab.sweep.results import SweepSummary
 from sweeplab.sweep.run import run_sweep, worker_index
 from sweeplab.sweep.space import describe
 from sweeplab.sweep.worker import TOO_MANY_FAILED
+from sweeplab.training.data import load_dataset
 from sweeplab.training.trainer import resolve_device
 
 
@@ -73,6 +74,8 @@ def _hydra_main(composed: DictConfig) -> None:
         )
         plan.config_name = hydra_config.job.config_name
         resolve_device(composed.trainer.device)
+        if plan.example is not None:  # the main process: the data checked before any trial
+            load_dataset(plan.example.data)  # (and kept for its trials)
         check_reachable("sweep.storage", plan.storage)
         check_reachable("tracking.uri", store_uri(plan.tracking))
         mark_phase("sweep: planned (trial configs checked)")

@@ -20,6 +20,7 @@ import torch
 from hydra.utils import get_method
 
 from sweeplab.config import (
+    ConfigError,
     DataConfig,
     IdxDataConfig,
     MnistDataConfig,
@@ -173,10 +174,10 @@ def images_dataset(
     images, labels = arrays["train_images"], arrays["train_labels"]
     n_total = len(images)
     if n_val >= n_total:
-        raise ValueError(f"data.n_val={n_val}: the dataset has only {n_total} training images")
+        raise ConfigError(f"data.n_val={n_val}: the dataset has only {n_total} training images")
     n_train = n_total - n_val if n_train is None else n_train
     if n_train + n_val > n_total:
-        raise ValueError(f"data.n_train={n_train}: n_train + n_val exceeds the {n_total} images")
+        raise ConfigError(f"data.n_train={n_train}: n_train + n_val exceeds the {n_total} images")
     shape = tuple(images.shape[1:])
 
     def rows(x: np.ndarray) -> torch.Tensor:

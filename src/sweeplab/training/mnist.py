@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sweeplab.config import PROJECT_ROOT, MnistDataConfig
+from sweeplab.config import PROJECT_ROOT, ConfigError, MnistDataConfig
 
 IDX_FILES = {  # name -> MD5 of the .gz as published with the dataset
     "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -49,8 +49,9 @@ CACHE_NAME = "mnist.npz"
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class DataError(RuntimeError):
-    """A dataset file is missing, malformed or fails its checksum; the message names the file."""
+class DataError(ConfigError):
+    """A dataset file is missing, malformed or fails its checksum; the message names the file
+    (a bad input: the commands refuse it in one line before any run, as a bad value)."""
 
 
 def default_root() -> Path:
