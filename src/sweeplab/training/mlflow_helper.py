@@ -63,6 +63,7 @@ class Helper:
         self._local: Any = None  # a RunStore of this process, once it must write here
         self.sent = 0  # messages so far; a message's number
         self.broken = not background
+        self.session_niced = False  # its session niced too (Linux autogroup, where allowed)
         if not self.broken:
             self._start_process()
 
@@ -79,7 +80,7 @@ class Helper:
             )  # no preexec_fn: Python run between fork and exec can hang on another thread's lock
             niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + HELPER_NICENESS)
             os.setpriority(os.PRIO_PROCESS, self._process.pid, niceness)
-            _nice_session(self._process.pid, niceness)
+            self.session_niced = _nice_session(self._process.pid, niceness)
         except OSError as err:
             print(f"sweeplab: no MLflow helper ({err}); writing here", file=sys.stderr)
             self.broken = True
@@ -222,12 +223,15 @@ class Helper:
         self._from_helper.close()
 
 
-def _nice_session(pid: int, niceness: int) -> None:
+def _nice_session(pid: int, niceness: int) -> bool:
     """Where the kernel groups CPU time by session (Linux's autogroup), a process's own niceness
     counts only inside its session: the helper, in a session of its own, would take a core's
-    share from training. Its session gets the same niceness (best effort)."""
-    with contextlib.suppress(OSError):  # no autogroup, or the kernel's rate limit on changes
+    share from training. Its session gets the same niceness, where the kernel lets it."""
+    try:
         Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
+    except OSError:  # no autogroup, not permitted, or the kernel's rate limit on changes
+        return False
+    return True
 
 
 def shared_helper(background: bool = True) -> Helper:
