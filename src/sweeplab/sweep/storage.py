@@ -235,8 +235,8 @@ def worker_id() -> str:
 def mark_owner(trial: optuna.Trial) -> None:
     """Record on `trial` the process that trains it and that process's MLflow helper."""
     trial.set_user_attr("worker", worker_id())
-    if shared_helper().pid is not None:
-        trial.set_user_attr("mlflow_helper", f"{socket.gethostname()}:{shared_helper().pid}")
+    if (helper := shared_helper().pid) is not None:
+        trial.set_user_attr("mlflow_helper", f"{socket.gethostname()}:{helper}")
 
 
 def wait_for_orphaned_helpers(trials: list[optuna.trial.FrozenTrial]) -> None:
