@@ -421,7 +421,7 @@ def test_killed_sweep_resumes_failing_and_retrying_the_orphan(
         "sweep.n_trials=4",
         "sweep.stack=1",  # a trial at a time (test_stack_sweep kills a stacked worker)
         f"sweep.study_name={study_name}",
-        "trainer.epochs=400",
+        "trainer.epochs=1200",  # the helper (niced) must create its run before the kill
         "data.n_train=400",
         f"sweep.storage={storage}",
     )
@@ -443,7 +443,7 @@ def test_killed_sweep_resumes_failing_and_retrying_the_orphan(
                 study.get_trials(states=(TrialState.COMPLETE,))
                 and running
                 # early in the trial: it cannot finish before the kill lands
-                and 0 < len(running[0].intermediate_values) < 200
+                and 0 < len(running[0].intermediate_values) < 800
                 and "mlflow_run_id" in running[0].user_attrs
             ):
                 break
