@@ -20,16 +20,16 @@ The default store is SQLite plus an artifact folder under the project's output f
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import gc
+import logging
 import os
 import re
 import sys
 import tempfile
-import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.uri import is_local_uri
 
 from sweeplab.figures import pyplot
+from sweeplab.machine import machine_failure
 from sweeplab.phases import mark_phase
 from sweeplab.training import plots
 
@@ -51,6 +52,10 @@ MAX_BATCH = 100  # MLflow's limit of params or tags per log_batch call
 MAX_METRICS = 1000  # MLflow's limit of metrics per log_batch call
 MAX_PARAM_CHARS = 6000  # MLflow's limit of a param value's length
 ORPHANED = "the training process ended without ending this run (killed?)"
+
+# MLflow's SQL store logs every database error with its traceback, then raises it: the raised
+# error reaches the run's owner; the log put hundreds of lines per write on a full disk
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def _artifact_location(uri: str, experiment: str, output: str) -> str | None:
@@ -84,7 +89,7 @@ def connect(uri: str, experiment: str, output: str) -> tuple[MlflowClient, str]:
             return client, found.experiment_id
 
 
-@contextmanager
+@contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """An exclusive file lock beside a SQLite store (nothing for server stores)."""
     if not uri.startswith("sqlite:///"):
@@ -308,15 +313,17 @@ def serve(requests: Connection, replies: Connection) -> None:
         except EOFError:  # the training process closed the pipe or died
             break
         try:
-            result = store.apply(message)
+            reply = ("done", number, store.apply(message))
         except Exception as err:  # the training process applies it again and sees the error
-            replies.send(("failed", number, failure(err)))
-            continue
-        replies.send(("done", number, result))
+            reply = ("failed", number, failure(err))
+        # a training process that died leaves what it sent in the pipe: written all the same
+        with contextlib.suppress(BrokenPipeError):
+            replies.send(reply)
     try:
         store.end_open_runs("KILLED", ORPHANED)
-    except Exception:  # nothing left to report to
-        traceback.print_exc(file=sys.stderr)
+    except Exception as err:  # nothing left to report to but the terminal
+        why = machine_failure(err) or failure(err).splitlines()[0]
+        print(f"sweeplab: the MLflow helper could not end its runs ({why})", file=sys.stderr)
 
 
 if __name__ == "__main__":
