@@ -11,7 +11,7 @@ import torch
 
 from .conftest import TINY, run_cli
 from .test_mnist import tiny_arrays, write_idx_set
-from .test_sweep import SMALL
+from .test_sweep import SMALL, write_sweep_file
 
 
 @pytest.mark.slow
@@ -68,7 +68,7 @@ def test_unknown_key_wrong_type_or_option_fails_at_compose(override, named, _iso
     done = run_cli(
         "sweeplab.train", *TINY, override, env={"SWEEPLAB_OUTPUT": str(_isolated_output)}
     )
-    assert done.returncode != 0
+    assert done.returncode == 2  # a bad config, whoever finds it (Hydra itself exits 1)
     assert named in done.stderr
     assert not (_isolated_output / "mlflow.db").exists()
 
@@ -99,7 +99,7 @@ def test_a_typo_in_the_sweep_name_is_named_before_any_work(extra, _isolated_outp
     done = run_cli(
         "sweeplab.sweep", "sweep=synthtic", *extra, env={"SWEEPLAB_OUTPUT": str(_isolated_output)}
     )
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert "Could not find 'sweep/synthtic'" in done.stderr and "synthetic" in done.stderr
     assert "AssertionError" not in done.stderr and "sweep=None" not in done.stderr
     assert not (_isolated_output / "mlflow.db").exists()
@@ -239,4 +239,20 @@ def test_data_that_cannot_be_used_is_refused_before_any_run(
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and said in done.stderr, done.stderr[-2000:]
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (_isolated_output / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_network_too_big_for_the_machine_is_refused_before_any_run(
+    command, tmp_path, _isolated_output
+):
+    if command == "sweep":  # one corner of the search space is too big
+        write_sweep_file(tmp_path, "huge", {"params/model.d_hidden": "int(interval(4, 4e9))"})
+        args = ["--config-dir", str(tmp_path), "sweep=huge"]
+    else:
+        args = ["model.d_hidden=4000000000"]
+    done = run_cli(f"sweeplab.{command}", *args, env={"SWEEPLAB_OUTPUT": str(_isolated_output)})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("error: model.d_hidden=4000000000: the network needs about ")
+    assert "more than the" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (_isolated_output / "mlflow.db").exists()

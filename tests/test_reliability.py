@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -230,3 +231,100 @@ def test_ctrl_c_with_two_workers_stops_once_and_leaves_optuna_and_mlflow_agreein
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert run.info.status == agreeing[trial.state.name], (trial.number, trial.state)
         assert run.data.tags.get("optuna.trial_state") == trial.state.name
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MB file system of its own (a tmpfs; needs root), unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a small file system here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with filler.open("wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * (1 << 20))
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_sweep_with_a_summary_and_a_rerun_resumes(small_disk):
+    output, store = small_disk / "outputs", f"sqlite:///{small_disk / 'mlflow.db'}"
+    args = [
+        "sweep=synthetic",
+        *SMALL,
+        f"tracking.uri={store}",
+        "sweep.n_trials=4",
+        "sweep.stack=1",
+        "sweep.study_name=full",
+        "trainer.epochs=3000",
+    ]
+    proc, _ = sweep_in_background(
+        args, output, "full", lambda running: any(t.number >= 1 for t in running)
+    )
+    filler = _fill(small_disk)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 3, stderr[-3000:]
+    assert "the machine failed: no space left on device" in stdout + stderr
+    assert "Traceback" not in stderr and len(stderr.splitlines()) < 20, stderr[-3000:]
+
+    filler.unlink()
+    done = run_cli("sweeplab.sweep", *args, env={"SWEEPLAB_OUTPUT": str(output)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    journal = str(output / "optuna" / "full.journal")
+    study = optuna.load_study(study_name="full", storage=make_storage(journal))
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 4
+    assert TrialState.RUNNING not in states
+    retried = {t.user_attrs.get("retry_of") for t in study.trials}
+    assert all(t.number in retried for t in study.get_trials(states=(TrialState.FAIL,)))
+    client = MlflowClient(store)
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED" and "failure_reason" not in parent.data.tags
+    assert {r.info.status for r in children(store, parent.info.run_id)} <= {"FINISHED", "KILLED"}
+
+
+@pytest.mark.slow
+def test_a_killed_single_run_ends_killed_not_running(mlflow_uri, _isolated_output):
+    """`kill -9` of `python -m sweeplab.train`: its MLflow helper, left behind, ends the run."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sweeplab.train",
+            f"tracking.uri={mlflow_uri}",
+            "tracking.experiment=killed",
+            "trainer.epochs=100000",
+        ],
+        env={**os.environ, "SWEEPLAB_OUTPUT": str(_isolated_output)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client, run = MlflowClient(mlflow_uri), None
+    deadline = time.time() + 120
+    while run is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        experiment = client.get_experiment_by_name("killed")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        run = next((r for r in runs if "train/loss" in r.data.metrics), None)  # it trains
+    proc.kill()
+    proc.wait()
+    assert run is not None, "the run never logged an epoch"
+    deadline = time.time() + 60  # the helper writes what it was sent, then ends the run
+    while time.time() < deadline and client.get_run(run.info.run_id).info.status == "RUNNING":
+        time.sleep(0.5)
+    assert client.get_run(run.info.run_id).info.status == "KILLED"

@@ -20,7 +20,7 @@ from sweeplab.config import CONF_DIR, ConfigError, register_configs
 from sweeplab.sweep import run as sweep_run
 from sweeplab.sweep.plan import plan_sweep
 from sweeplab.sweep.run import run_sweep
-from sweeplab.sweep.storage import make_storage
+from sweeplab.sweep.storage import make_storage, quiet_experimental
 
 from .conftest import run_cli
 
@@ -546,5 +546,39 @@ def test_interrupted_sweep_ends_runs_killed_and_resumes(signum, mlflow_uri, _iso
     study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == 3
+    # the interrupted trial was not at fault: its parameters were trained first, on resume
+    assert stopped.user_attrs["stopped_by"] == "interrupted (Ctrl-C or SIGTERM)"
+    [retry] = [t for t in study.trials if t.user_attrs.get("retry_of") == stopped.number]
+    assert retry.params == stopped.params and retry.state != TrialState.FAIL
+    assert f"trial {stopped.number} was stopped (interrupted" in done.stderr
     assert study.user_attrs["mlflow_parent_run_id"] == parent
-    assert client.get_run(parent).info.status == "FINISHED"
+    parent_run = client.get_run(parent)
+    assert parent_run.info.status == "FINISHED"
+    assert "failure_reason" not in parent_run.data.tags  # the interrupted start's is gone
+
+
+def test_a_trial_whose_heartbeat_stopped_is_retried_once_and_said(tmp_path, capfd):
+    """RDB storages: Optuna's heartbeat finds a trial whose process went silent (on any host);
+    sweeplab's callback retries its parameters once and says so."""
+    storage = make_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    storage.grace_period = 1  # (HEARTBEAT_S / GRACE_S are seconds long)
+    study = optuna.create_study(study_name="silent", storage=storage)
+    with quiet_experimental():  # (asking beside study.optimize: as a stack does)
+        silent = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(silent._trial_id)
+    time.sleep(2.5)
+    with quiet_experimental():
+        optuna.storages.fail_stale_trials(study)
+    [failed, retry] = study.get_trials()
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.WAITING
+    assert retry.system_attrs["fixed_params"] == silent.params
+    assert retry.user_attrs["retry_of"] == silent.number
+    assert f"trial {silent.number} stopped beating" in capfd.readouterr().err
+    with quiet_experimental():  # the retry is claimed, and its process goes silent too
+        again = study.ask()
+    assert again.number == retry.number
+    storage.record_heartbeat(again._trial_id)
+    time.sleep(2.5)
+    with quiet_experimental():
+        optuna.storages.fail_stale_trials(study)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 2  # retried once only

@@ -5,7 +5,7 @@
     redact_streams()        # everything this process prints (errors, tracebacks, summaries)
 
 The config's YAML and MLflow params go through `without_secrets` (`config.to_yaml`,
-`config.to_flat_dict`), so do the files Hydra records of a run (`runtime.redact_hydra_record`).
+`config.to_flat_dict`), so do the files Hydra records of a run (`runtime.config_composed`).
 Passwords belong in `~/.pgpass` or the environment; a URL that carries one still works, it is
 only never shown.
 """

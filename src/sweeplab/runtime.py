@@ -2,8 +2,8 @@
 
 Every command-line entry point goes through `run_cli`; long-running code that must not be cut in
 half by Ctrl-C or SIGTERM (a write to a study's journal, a message to the metric writer) runs
-inside `interrupts_deferred()`. Nothing here imports another sweeplab module but `config` and
-`redaction`.
+inside `interrupts_deferred()`. Nothing here imports another sweeplab module but `config`,
+`machine` and `redaction`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,17 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 
 from sweeplab.config import ConfigError, ensure_output_dir, register_configs
+from sweeplab.machine import machine_failure
 from sweeplab.redaction import redact_streams, without_secrets
 
+# a command's exit status: 0 done; 1 the work failed (a run diverged, too many trials failed, a
+# bug); 2 a bad config or input, refused before any work; 3 the machine failed (a full disk, a
+# store gone): rerun once it is fixed; 130 interrupted
+EXIT_WORK_FAILED = 1
 EXIT_BAD_CONFIG = 2
+EXIT_MACHINE_FAILED = 3
 EXIT_INTERRUPTED = 130
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"  # what a run or trial that stopped says
 
 
 def run_cli(hydra_main: Callable[[], None]) -> None:
@@ -33,12 +40,22 @@ def run_cli(hydra_main: Callable[[], None]) -> None:
         ensure_output_dir()
     except ConfigError as err:
         exit_with_error(err)
-    hydra_main()
+    try:
+        hydra_main()
+    except SystemExit as stop:  # Hydra's own errors (an unknown key or group option) exit 1:
+        if stop.code == EXIT_WORK_FAILED and not _Command.composed:  # a bad config exits 2
+            sys.exit(EXIT_BAD_CONFIG)
+        raise
 
 
-def redact_hydra_record() -> None:
-    """Hydra wrote the composed config and the overrides into the run's folder before the
-    command began: mask the passwords in them too (call first thing in a `@hydra.main`)."""
+class _Command:
+    composed = False  # Hydra composed the config and called the command's function
+
+
+def config_composed() -> None:
+    """Call first thing in a `@hydra.main`: Hydra composed the config, and wrote it and the
+    overrides into the run's folder before the command began: mask the passwords in them."""
+    _Command.composed = True
     hydra_config = HydraConfig.get()
     if hydra_config.output_subdir is None:
         return
@@ -48,10 +65,20 @@ def redact_hydra_record() -> None:
             path.write_text(clean)
 
 
-def exit_with_error(err: BaseException, code: int = EXIT_BAD_CONFIG) -> None:
+def exit_with_error(err: BaseException | str, code: int = EXIT_BAD_CONFIG) -> None:
     """One line on stderr, then exit: what a user sees of a bad config."""
     print(f"error: {err}", file=sys.stderr)
     sys.exit(code)
+
+
+def exit_if_machine_failed(err: Exception) -> None:
+    """Exit with one line and EXIT_MACHINE_FAILED when `err` is the machine's failure (a full
+    disk, a store gone: `sweeplab.machine`), not the program's; otherwise return."""
+    if (why := machine_failure(err)) is not None:
+        exit_with_error(
+            f"the machine failed ({why}); fix it and rerun the same command",
+            code=EXIT_MACHINE_FAILED,
+        )
 
 
 class _Interrupts:

@@ -39,7 +39,7 @@ def summary(cfg: Config, metrics: dict[str, float], epochs: int, run_id: str) ->
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(composed: DictConfig) -> None:
-    runtime.redact_hydra_record()
+    runtime.config_composed()
     try:
         cfg = to_config(composed)
         check_reachable("tracking.uri", store_uri(cfg.tracking))
@@ -53,15 +53,17 @@ def _hydra_main(composed: DictConfig) -> None:
 
     mark_phase("torch imported")
     runtime.freeze_long_lived_objects()
-    try:  # no run is created for a device this machine lacks or data that cannot be read
-        trainer.resolve_device(cfg.trainer.device)
-        data.load_dataset(cfg.data)  # (kept for the run: loaded once per process)
+    try:  # no run for a device this machine lacks, unreadable data or a network too big
+        trainer.check_memory(cfg, data.load_dataset(cfg.data))  # (data kept for the run)
     except ConfigError as err:
         runtime.exit_with_error(err)
     try:
         result, run_id = tracking.train_and_track(cfg)
     except trainer.DivergenceError as err:  # the run is FAILED in MLflow with this reason
-        runtime.exit_with_error(err, code=1)
+        runtime.exit_with_error(err, code=runtime.EXIT_WORK_FAILED)
+    except Exception as err:
+        runtime.exit_if_machine_failed(err)
+        raise
     mark_phase("run ended: everything in the store")
     print(summary(cfg, result.metrics, len(result.history), run_id))
 

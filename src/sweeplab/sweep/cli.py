@@ -12,7 +12,6 @@ checked, then `run.run_sweep` runs it.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import hydra
@@ -27,9 +26,9 @@ from sweeplab.sweep.plan import SweepPlan, plan_sweep
 from sweeplab.sweep.results import SweepSummary
 from sweeplab.sweep.run import run_sweep, worker_index
 from sweeplab.sweep.space import describe
-from sweeplab.sweep.worker import TOO_MANY_FAILED
+from sweeplab.sweep.worker import MACHINE_FAILED, TOO_MANY_FAILED
 from sweeplab.training.data import load_dataset
-from sweeplab.training.trainer import resolve_device
+from sweeplab.training.trainer import check_memory, resolve_device
 
 
 def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
@@ -61,7 +60,7 @@ def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(composed: DictConfig) -> None:
-    runtime.redact_hydra_record()
+    runtime.config_composed()
     mark_phase("sweep: imported, config composed")
     hydra_config = HydraConfig.get()
     overrides = list(hydra_config.overrides.task)
@@ -74,22 +73,22 @@ def _hydra_main(composed: DictConfig) -> None:
         )
         plan.config_name = hydra_config.job.config_name
         resolve_device(composed.trainer.device)
-        if plan.example is not None:  # the main process: the data checked before any trial
-            load_dataset(plan.example.data)  # (and kept for its trials)
+        for cfg in plan.corners:  # the main process: data and memory checked before any trial
+            check_memory(cfg, load_dataset(cfg.data))  # (the data is kept for its trials)
         check_reachable("sweep.storage", plan.storage)
         check_reachable("tracking.uri", store_uri(plan.tracking))
         mark_phase("sweep: planned (trial configs checked)")
     except ConfigError as err:
         runtime.exit_with_error(err)
     runtime.raise_keyboard_interrupt_on_signals()
-    # Optuna logs a warning and a traceback for each trial an interrupt stops, in every worker:
-    # the command says it once instead
-    logging.getLogger("optuna.study._optimize").addFilter(lambda _: not runtime.stopping())
     runtime.freeze_long_lived_objects()
     try:
         summary = run_sweep(plan, argv=sys.argv[1:])
     except ConfigError as err:
         runtime.exit_with_error(err)
+    except Exception as err:  # outside a trial (a trial's stops the sweep with a summary)
+        runtime.exit_if_machine_failed(err)
+        raise
     except KeyboardInterrupt:
         if not worker_index():  # the main process speaks for its workers
             print(
@@ -99,8 +98,12 @@ def _hydra_main(composed: DictConfig) -> None:
         sys.exit(runtime.EXIT_INTERRUPTED)
     if not worker_index():
         print_summary(summary, plan)
+    if summary.stop_reason.startswith(MACHINE_FAILED):
+        if not worker_index():
+            print("fix it and rerun the same command: the trials it stopped are retried")
+        sys.exit(runtime.EXIT_MACHINE_FAILED)
     if summary.stop_reason.startswith(TOO_MANY_FAILED):
-        sys.exit(1)
+        sys.exit(runtime.EXIT_WORK_FAILED)
 
 
 def main() -> None:

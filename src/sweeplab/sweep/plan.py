@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hydra import compose
@@ -45,7 +45,13 @@ class SweepPlan:
     storage: str  # an RDB URL, or the path of a journal file
     tracking: TrackingConfig
     config_name: str = "config"
-    example: Config | None = None  # a trial's config, made when the space was checked
+    # trial configs at every bound and choice of the space, made when the space was checked
+    corners: list[Config] = field(default_factory=list)
+
+    @property
+    def example(self) -> Config | None:
+        """A trial's config (None in a worker, which does not check the space again)."""
+        return self.corners[0] if self.corners else None
 
     @property
     def workers(self) -> int:
@@ -103,8 +109,7 @@ def plan_sweep(
         return plan
     for values in extremes(space):
         try:
-            cfg = compose_trial(plan, values)
-            plan.example = plan.example or cfg
+            plan.corners.append(compose_trial(plan, values))
         except ConfigError as err:
             raise ConfigError(f"{err} (from sweep.params: {values})") from None
     return plan

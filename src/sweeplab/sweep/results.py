@@ -45,6 +45,8 @@ def find_or_create_parent(plan: SweepPlan, study: optuna.Study) -> str:
     if run_id:
         try:
             client.update_run(run_id, status="RUNNING")
+            if "failure_reason" in client.get_run(run_id).data.tags:  # why the last start ended
+                client.delete_tag(run_id, "failure_reason")
             return run_id
         except MlflowException:
             print(
@@ -120,6 +122,11 @@ class SweepSummary:
     stacked: tuple[int, int] = (0, 0)  # trials trained in stacks, and how many stacks
 
 
+def state_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    """{"COMPLETE": 18, "PRUNED": 2}: how many trials are in each state (the states they are in)."""
+    return {state.name: n for state in TrialState if (n := sum(t.state == state for t in trials))}
+
+
 def report(
     plan: SweepPlan, study: optuna.Study, parent_run_id: str, reason: str, plots: list[Path]
 ) -> SweepSummary:
@@ -127,11 +134,7 @@ def report(
     parent run and outputs/."""
     client, _ = mlflow_client(plan)
     trials = study.get_trials(deepcopy=False)
-    counts = {
-        s.name: sum(t.state == s for t in trials)
-        for s in TrialState
-        if any(t.state == s for t in trials)
-    }
+    counts = state_counts(trials)
     stacks = [t.user_attrs["stack"] for t in trials if "stack" in t.user_attrs]
     summary = SweepSummary(plan.study_name, reason, counts, parent_run_id=parent_run_id)
     summary.stacked = (len(stacks), len(set(stacks)))

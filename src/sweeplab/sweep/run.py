@@ -10,6 +10,7 @@ not use the budget; `max_failure_rate` stops a sweep in which too many fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,9 +34,16 @@ from sweeplab.sweep.results import (
     mlflow_client,
     report,
     save_study_plots,
+    state_counts,
 )
-from sweeplab.sweep.storage import BudgetLock, check_resumable, join_study, open_study
-from sweeplab.sweep.worker import TOO_MANY_FAILED, Worker
+from sweeplab.sweep.storage import (
+    BudgetLock,
+    best_or_none,
+    check_resumable,
+    join_study,
+    open_study,
+)
+from sweeplab.sweep.worker import MACHINE_FAILED, TOO_MANY_FAILED, Worker
 
 WORKER_ENV = "SWEEPLAB_SWEEP_WORKER"  # set in the processes a sweep starts for its extra workers
 DEADLINE_ENV = "SWEEPLAB_SWEEP_DEADLINE"  # the main process's sweep.timeout, as a Unix time
@@ -82,7 +90,7 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     procs = _start_workers(plan, argv, deadline) if argv is not None else []
     # the plots at the end need matplotlib and scikit-learn (seconds to import): a thread
     # imports them while the trials train (with the GIL released), not while they are claimed
-    threading.Thread(target=lambda: worker.training.wait() and load_plotting(), daemon=True).start()
+    threading.Thread(target=_load_plotting_early, args=(worker,), daemon=True).start()
     bar = _progress(plan, study)
     worker.on_trial_done.append(lambda line: _echo(bar, line, study))
     client, _ = mlflow_client(plan)
@@ -97,6 +105,8 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
         if bar is not None:
             bar.close()
     mark_phase("sweep: trials done")
+    if reason.startswith(MACHINE_FAILED):
+        return _stopped_by_machine(plan, study, parent_run_id, reason, started)
     summary = _end_of_sweep(plan, study, worker, parent_run_id, reason)
     summary.wall_s = time.time() - started
     mark_phase("sweep: reported")
@@ -128,6 +138,30 @@ def _end_of_sweep(
         )
         client.set_terminated(parent_run_id, "FAILED")
         raise
+
+
+def _load_plotting_early(worker: Worker) -> None:
+    worker.training.wait()
+    with contextlib.suppress(Exception):  # a head start only (the report imports them anyway),
+        load_plotting()  # cut short if the sweep ends first
+
+
+def _stopped_by_machine(
+    plan: SweepPlan, study: optuna.Study, parent_run_id: str, reason: str, started: float
+) -> SweepSummary:
+    """No report (it would be written where the machine failed); the parent run KILLED with the
+    reason where that can still be written. A rerun resumes: the stopped trials are retried."""
+    with contextlib.suppress(Exception):
+        client, _ = mlflow_client(plan)
+        client.set_tag(parent_run_id, "failure_reason", f"{reason}; rerun the command to resume")
+        client.set_terminated(parent_run_id, "KILLED")
+    counts = state_counts(study.get_trials(deepcopy=False))
+    summary = SweepSummary(plan.study_name, reason, counts, parent_run_id=parent_run_id)
+    summary.wall_s = time.time() - started
+    if (best := best_or_none(study)) is not None:
+        summary.best_value, summary.best_params = best.value, dict(best.params)
+        summary.best_run_id = best.user_attrs.get("mlflow_run_id")
+    return summary
 
 
 def _used_budget(study: optuna.Study) -> int:
@@ -168,6 +202,9 @@ def _work_while_workers_run(
     """This process's trials; then, until the extra workers end, the trials of any worker that
     died (kill -9, the OOM killer): reaped at once, its trials failed and retried here."""
     reason = worker.work(deadline)
+    if reason.startswith(MACHINE_FAILED):  # the other workers cannot write either
+        _stop_workers(procs)
+        return reason
     running = list(procs)
     while running:
         time.sleep(WORKER_POLL_S)

@@ -30,11 +30,12 @@ from optuna.trial import TrialState
 
 from sweeplab.config import Config
 from sweeplab.phases import mark_phase
-from sweeplab.runtime import interrupts_deferred
+from sweeplab.runtime import INTERRUPTED, interrupts_deferred
 from sweeplab.sweep.plan import SweepPlan, compose_trials, stackable
 from sweeplab.sweep.space import suggest, to_overrides
 from sweeplab.sweep.storage import (
     HEARTBEAT_S,
+    STOPPED_BY,
     keep_reports,
     mark_owner,
     quiet_experimental,
@@ -163,7 +164,8 @@ def train_stack(entries: list[Claimed], context: Context) -> None:
             pruning.write()
             for entry, run in zip(entries, runs, strict=True):
                 run.wait_started()  # its run id on the trial while it takes attributes
-                run.end("KILLED", "interrupted (Ctrl-C or SIGTERM)", wait=False)
+                run.end("KILLED", INTERRUPTED, wait=False)
+                entry.trial.set_user_attr(STOPPED_BY, INTERRUPTED)  # retried on resume
                 _tell(context, entry, TrialState.FAIL, None, None)
             runs[0].helper.sync()
         raise

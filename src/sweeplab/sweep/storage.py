@@ -24,12 +24,13 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._rdb import models
 from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
 from optuna.storages.journal._storage import JournalOperation
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -45,6 +46,9 @@ HEARTBEAT_S = 10  # RDB storages: a running trial's heartbeat period ...
 GRACE_S = 30  # ... and the silence after which the trial counts as dead
 HELPER_GRACE_S = 60  # how long the end of a sweep waits for a dead worker's helper to finish
 ORPHAN_AFTER_S = 300  # journal: a running trial with no recorded worker this old counts as dead
+# a failed trial's user attr saying what stopped it when it was not its fault (Ctrl-C, a full
+# disk): such a trial is retried and does not count towards sweep.max_failure_rate
+STOPPED_BY = "stopped_by"
 
 
 def is_rdb(storage: str) -> bool:
@@ -59,7 +63,7 @@ def make_storage(storage: str) -> optuna.storages.BaseStorage:
                     storage,
                     heartbeat_interval=HEARTBEAT_S,
                     grace_period=GRACE_S,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                    heartbeat_stale_trial_callback=_retry_silent_trial,
                 )
         except (ImportError, SQLAlchemyError) as err:
             raise ConfigError(
@@ -142,11 +146,20 @@ class InterruptSafeJournalFileBackend(JournalFileBackend):
     mid-append (kill -9, power loss, disk full) is dropped before the next append: appended
     onto, it became a line no start could read, and the study could never be resumed."""
 
+    torn_lines_dropped = 0
+
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         with interrupts_deferred():
             if _last_byte(self._file_path) not in (b"", b"\n"):  # torn, or being written
                 with get_lock_file(self._lock):  # no writer now: what is cut stays cut
-                    _drop_torn_tail(self._file_path)
+                    dropped = _drop_torn_tail(self._file_path)
+                if dropped and not self.torn_lines_dropped:  # (a full disk tears every write)
+                    print(
+                        f"sweeplab: {self._file_path}: dropped a last line cut off mid-write "
+                        f"({dropped} bytes)",
+                        file=sys.stderr,
+                    )
+                self.torn_lines_dropped += bool(dropped)
             super().append_logs(logs)
 
 
@@ -156,8 +169,9 @@ def _last_byte(path: str) -> bytes:
         return os.pread(f.fileno(), 1, size - 1) if size else b""
 
 
-def _drop_torn_tail(path: str, chunk: int = 1 << 16) -> None:
-    """Truncate the journal after its last complete line (a complete line ends with \\n)."""
+def _drop_torn_tail(path: str, chunk: int = 1 << 16) -> int:
+    """Truncate the journal after its last complete line (a complete line ends with \\n); the
+    bytes dropped."""
     with open(path, "rb+") as f:
         end = f.seek(0, os.SEEK_END)
         position = end
@@ -170,10 +184,7 @@ def _drop_torn_tail(path: str, chunk: int = 1 << 16) -> None:
             position = start
         if position < end:
             f.truncate(position)
-            print(
-                f"sweeplab: {path}: dropped a last line cut off mid-write ({end - position} bytes)",
-                file=sys.stderr,
-            )
+        return end - position
 
 
 class BudgetLock:
@@ -226,6 +237,39 @@ class BudgetLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue `trial`'s parameters as a new trial (the next one claimed)."""
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+
+
+def retry_once(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """`retry`, unless the trial was a retry already (its parameters may be what kills it)."""
+    if "retry_of" in trial.user_attrs or not trial.params:
+        return False
+    retry(study, trial)
+    return True
+
+
+def _retry_silent_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Optuna's callback for a trial whose heartbeat stopped (RDB storages): retried once."""
+    retried = retry_once(study, trial)
+    print(
+        f"trial {trial.number} stopped beating (its process died or lost the storage): failed"
+        + (", its parameters retried as a new trial" if retried else ""),
+        file=sys.stderr,
+    )
+
+
+def stop_trials(study: optuna.Study, trials: list[FrozenTrial], reason: str) -> None:
+    """Fail `trials`, recording that `reason`, not the trial, stopped them (retried later); best
+    effort: the storage may be what failed."""
+    for trial in trials:
+        with contextlib.suppress(Exception):
+            study._storage.set_trial_user_attr(trial._trial_id, STOPPED_BY, reason)
+            if trial.state == TrialState.RUNNING:
+                study.tell(trial.number, state=TrialState.FAIL)
 
 
 def worker_id() -> str:

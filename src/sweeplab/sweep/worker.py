@@ -9,6 +9,8 @@ on other machines, finish exactly `n_trials` trials between them. A trial alone 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import sys
@@ -21,17 +23,23 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeplab.config import Config, store_uri
+from sweeplab.machine import machine_failure
 from sweeplab.phases import mark_phase
+from sweeplab.runtime import INTERRUPTED, stopping
 from sweeplab.sweep import stacking
 from sweeplab.sweep.plan import SweepPlan, compose_trial, compose_trials
 from sweeplab.sweep.space import describe, extremes, suggest, to_overrides
 from sweeplab.sweep.storage import (
+    STOPPED_BY,
     BudgetLock,
     best_or_none,
     is_dead,
     is_rdb,
     mark_owner,
     quiet_experimental,
+    retry,
+    retry_once,
+    stop_trials,
     worker_id,
 )
 from sweeplab.training.mlflow_helper import shared_helper
@@ -40,6 +48,7 @@ from sweeplab.training.trainer import Callback, TrainResult, auto_threads
 
 MIN_FINISHED_FOR_FAILURE_RATE = 5
 TOO_MANY_FAILED = "too many failed trials"
+MACHINE_FAILED = "the machine failed"  # a stop reason: a full disk, a store gone (sweeplab.machine)
 
 
 class PruningCallback(Callback):
@@ -77,6 +86,7 @@ class Worker:
         # the MLflow helper writes the sweep's per-trial tags and its parent's best value
         self.helper = shared_helper(plan.tracking.background_metrics)
         self.parent_key = f"study-{plan.study_name}"
+        self.failed_by_machine: str | None = None  # why, once the machine failed a write
         uri = store_uri(plan.tracking)
         self.helper.send(("adopt", self.parent_key, uri, parent_run_id, False))
         example = plan.example or compose_trials(plan, [extremes(plan.space)[0]])[0]
@@ -103,7 +113,14 @@ class Worker:
         count = self.count()
         used = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
         running = count[TrialState.RUNNING]
-        failed = count[TrialState.FAIL]
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("retry_of") for t in trials}
+        failed = sum(  # not a trial stopped by Ctrl-C or the machine, nor one retried after
+            t.state == TrialState.FAIL  # its worker died (its retry counts)
+            and STOPPED_BY not in t.user_attrs
+            and t.number not in retried
+            for t in trials
+        )
         finished = used + failed
         # WAITING trials (retries of dead ones) are not claimed yet: the next ask() takes them
         if used + running >= self.plan.settings.n_trials:
@@ -124,20 +141,36 @@ class Worker:
         return None
 
     def reconcile(self) -> None:
-        """Fail (and retry once) trials whose process died; Optuna's heartbeat does it for RDBs."""
+        """Fail (and retry once) trials whose process died, Optuna's heartbeat does it for RDBs;
+        retry the trials that Ctrl-C or the machine stopped."""
         if is_rdb(self.plan.storage):
             with quiet_experimental():
                 optuna.storages.fail_stale_trials(self.study)
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if not is_dead(trial.user_attrs.get("worker"), trial.datetime_start):
-                continue
-            self.study.tell(trial.number, state=TrialState.FAIL)
-            print(
-                f"trial {trial.number} was left RUNNING by a dead worker: failed", file=sys.stderr
-            )
-            if "retry_of" not in trial.user_attrs and trial.params:
-                self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-                print(f"  retrying its parameters as a new trial: {trial.params}", file=sys.stderr)
+            if is_dead(trial.user_attrs.get("worker"), trial.datetime_start):
+                self.study.tell(trial.number, state=TrialState.FAIL)
+                # (a trial Ctrl-C or the machine stopped is retried below)
+                retried = STOPPED_BY not in trial.user_attrs and retry_once(self.study, trial)
+                print(
+                    f"trial {trial.number} was left RUNNING by a dead worker: failed"
+                    + (", its parameters retried as a new trial" if retried else ""),
+                    file=sys.stderr,
+                )
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("retry_of") for t in trials}
+        for trial in trials:
+            if (
+                trial.state == TrialState.FAIL
+                and STOPPED_BY in trial.user_attrs
+                and trial.number not in retried
+                and trial.params
+            ):
+                retry(self.study, trial)
+                print(
+                    f"trial {trial.number} was stopped ({trial.user_attrs[STOPPED_BY]}): "
+                    "its parameters are retried as a new trial",
+                    file=sys.stderr,
+                )
 
     def objective(self, trial: optuna.Trial) -> float:
         """Train one trial's config; its objective's last value."""
@@ -153,6 +186,13 @@ class Worker:
             result, _ = self._train(trial, cfg, values)
         except KeyboardInterrupt:  # Optuna fails the trial: its run says so, as after_trial would
             self._tag_state(trial.number, TrialState.FAIL)
+            trial.set_user_attr(STOPPED_BY, INTERRUPTED)
+            raise
+        except Exception as err:
+            if (why := machine_failure(err)) is not None:  # this sweep stops; the trial is
+                self.failed_by_machine = why  # retried when it resumes
+                with contextlib.suppress(Exception):  # (the storage may be what failed)
+                    trial.set_user_attr(STOPPED_BY, why)
             raise
         value = result.metrics[self.plan.objective]
         if not math.isfinite(value):
@@ -208,30 +248,61 @@ class Worker:
 
     def work(self, deadline: float | None) -> str:
         """Run trials until a stop condition; return why it stopped."""
-        while True:
-            self.lock.acquire()
-            try:
-                self.reconcile()
-                reason = self.stop_reason(deadline)
-                if reason:  # what the helper still writes, the caller waits for (sync)
+        # Optuna logs a warning and a traceback for each trial an interrupt or the machine's
+        # failure stops, in every worker: the command says it once instead
+        optuna_log = logging.getLogger("optuna.study._optimize")
+        optuna_log.addFilter(self._quiet_when_stopped)
+        try:
+            return self._work(deadline)
+        finally:
+            optuna_log.removeFilter(self._quiet_when_stopped)
+
+    def _quiet_when_stopped(self, _: logging.LogRecord) -> bool:
+        return not (stopping() or self.failed_by_machine)
+
+    def _work(self, deadline: float | None) -> str:
+        try:
+            while self.failed_by_machine is None:
+                if (reason := self._claim_and_train(deadline)) is not None:
                     return reason
-                if self.stack_size == 1 and self.plan.settings.repeats == 1:
-                    self.training.set()
-                    with quiet_experimental():
-                        self.study.optimize(
-                            self.objective,
-                            n_trials=1,
-                            catch=(Exception,),
-                            callbacks=[self.after_trial],
-                        )
-                    continue
-                claimed = stacking.claim(self.study, self.plan, min(self.stack_size, self.room()))
-                mark_phase(f"sweep: {len(claimed)} trials claimed")
-                self.lock.release()  # the trials exist now: other workers count them
+        except Exception as err:
+            self.failed_by_machine = machine_failure(err)
+            if self.failed_by_machine is None:
+                raise
+        mine = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("worker") == worker_id()
+        ]
+        stop_trials(self.study, mine, self.failed_by_machine)
+        return f"{MACHINE_FAILED}: {self.failed_by_machine}"
+
+    def _claim_and_train(self, deadline: float | None) -> str | None:
+        """Claim a trial (or a stack's) under the study's lock and train it; or why not."""
+        self.lock.acquire()
+        try:
+            self.reconcile()
+            reason = self.stop_reason(deadline)
+            if reason:  # what the helper still writes, the caller waits for (sync)
+                return reason
+            if self.stack_size == 1 and self.plan.settings.repeats == 1:
                 self.training.set()
-                stacking.train_claimed(claimed, self.stacking_context())
-            finally:
-                self.lock.release()
+                with quiet_experimental():
+                    self.study.optimize(
+                        self.objective,
+                        n_trials=1,
+                        catch=(Exception,),
+                        callbacks=[self.after_trial],
+                    )
+                return None
+            claimed = stacking.claim(self.study, self.plan, min(self.stack_size, self.room()))
+            mark_phase(f"sweep: {len(claimed)} trials claimed")
+            self.lock.release()  # the trials exist now: other workers count them
+            self.training.set()
+            stacking.train_claimed(claimed, self.stacking_context())
+            return None
+        finally:
+            self.lock.release()
 
     def stacking_context(self) -> stacking.Context:
         return stacking.Context(

@@ -56,6 +56,7 @@ class Helper:
         self._to_tell: list[str] = []  # keys whose run id came and was not told yet
         self.uris: dict[str, str] = {}  # key -> the store the run lives in
         self._unconfirmed: dict[int, tuple] = {}  # number -> message
+        self._failed: list[tuple] = []  # messages the helper could not apply
         self._waiting: list[tuple[int, bytes]] = []  # numbered, pickled messages not sent yet
         self._in_flight: dict[int, int] = {}  # bytes of each message sent and not answered yet
         self._bytes_in_flight = 0
@@ -139,7 +140,12 @@ class Helper:
     def _exchange(self, wait_for: int | None) -> None:
         """Read the helper's replies and send what waits, never more than the pipe holds, so
         that training does not block on a busy helper; with `wait_for`, block until that
-        message's reply has come."""
+        message's reply has come. Then apply here what the helper could not."""
+        self._exchange_over_pipe(wait_for)
+        while self._failed:
+            self._apply_here(self._failed.pop(0))
+
+    def _exchange_over_pipe(self, wait_for: int | None) -> None:
         silent_since = time.monotonic()
         try:
             while True:
@@ -177,8 +183,8 @@ class Helper:
         kind, number, result = reply
         self._bytes_in_flight -= self._in_flight.pop(number)
         message = self._unconfirmed.pop(number)
-        if kind == "failed":  # applied again here, where the store's error can surface
-            self._apply_here(message)
+        if kind == "failed":  # applied again here (once the exchange is over: an error then is
+            self._failed.append(message)  # the store's, not the pipe's), where it can surface
         elif message[0] == "start":
             self._started(message[1], result)
 

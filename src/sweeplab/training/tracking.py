@@ -30,6 +30,7 @@ import torch
 from sweeplab.config import Config, output_dir, store_uri, to_flat_dict, to_yaml
 from sweeplab.phases import mark_phase
 from sweeplab.provenance import environment_tags, git_commit
+from sweeplab.runtime import INTERRUPTED
 from sweeplab.training import trainer
 from sweeplab.training.data import Dataset
 from sweeplab.training.mlflow_helper import Helper, shared_helper
@@ -199,7 +200,7 @@ def tracked_run(
         run.end("FINISHED")
         raise
     except KeyboardInterrupt:
-        run.end("KILLED", "interrupted (Ctrl-C or SIGTERM)")
+        run.end("KILLED", INTERRUPTED)
         raise
     except BaseException as err:
         run.fail(err)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -68,6 +69,27 @@ def resolve_device(name: str) -> torch.device:
             f"trainer.device={name!r}: this machine has {torch.cuda.device_count()} CUDA devices"
         )
     return device
+
+
+def check_memory(cfg: Config, data: Dataset) -> None:
+    """Refuse a network that cannot fit in its device's memory: its weights, their gradients and
+    the optimizer's state, and the activations of a training batch and an evaluation chunk (a
+    typo such as model.d_hidden=10000000 would otherwise end in the kernel's OOM killer)."""
+    device = resolve_device(cfg.trainer.device)
+    width = cfg.model.d_hidden
+    parameters = (data.n_features + 1) * width + (width + 1) * data.n_outputs
+    rows = cfg.trainer.batch_size + min(cfg.trainer.eval_batch_size, len(data.x_val))
+    need = 4 * (4 * parameters + 2 * rows * (width + data.n_outputs))  # float32, 2 per unit
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ConfigError(
+            f"model.d_hidden={width}: the network needs about {need / 2**30:.1f} GiB (weights, "
+            f"gradients, optimizer state, activations), more than the {have / 2**30:.1f} GiB "
+            f"of {device}"
+        )
 
 
 class AutogradSteps:
