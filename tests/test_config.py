@@ -66,6 +66,7 @@ def test_lecture_experiment_holds_the_lecture_settings(name):
         ("optimizer.weight_decay=-0.1", "optimizer.weight_decay=-0.1"),
         ("trainer.batch_size=0", "trainer.batch_size=0"),
         ("trainer.epochs=0", "trainer.epochs=0"),
+        ("trainer.checkpoint_every=-1", "trainer.checkpoint_every=-1"),
         ("model.activation=swish", "model.activation='swish'"),
         ("trainer.device=tpu", "trainer.device='tpu'"),
         ("data.n_train=0", "data.n_train=0"),

@@ -262,6 +262,10 @@ class TrainerConfig:
     shift_pixels: int = 0  # image data: move each training image by up to this many pixels; 0 = off
     # stop when train/loss > this x max(untrained loss, 1); NaN/inf always stop; 0 = off
     divergence_ratio: float = 100.0
+    # a sweep trial saves its state every N epochs, and a killed trial's retry resumes from it;
+    # 0 = off, the default: a checkpoint costs more than a synthetic trial's epoch (~0.3 ms) and a
+    # single run has no retry, so a sweep of long trials sets it (conf/sweep/mnist.yaml)
+    checkpoint_every: int = 0
     progress: bool = True  # a progress bar on a terminal; always quiet when not a TTY
 
 
@@ -490,6 +494,12 @@ def _check_trainer(trainer: TrainerConfig, cfg: Config) -> None:
     )
     _require(0 < trainer.gamma <= 1, "trainer.gamma", trainer.gamma, "must be in (0, 1]")
     _require(trainer.num_threads >= 0, "trainer.num_threads", trainer.num_threads, "must be >= 0")
+    _require(
+        trainer.checkpoint_every >= 0,
+        "trainer.checkpoint_every",
+        trainer.checkpoint_every,
+        "must be >= 0 (0 turns checkpoints off)",
+    )
     _require(
         0 <= trainer.shift_pixels <= 8,
         "trainer.shift_pixels",

@@ -19,14 +19,17 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from sweeplab.config import Config, ConfigError
 from sweeplab.phases import mark_phase
+from sweeplab.training.checkpoint import TrainState
 from sweeplab.training.data import Dataset, RandomShift, load_dataset
 from sweeplab.training.fast import ManualSteps, fast_steps
 from sweeplab.training.fast.lean_adam import step_function
@@ -234,6 +237,30 @@ class Setup:
     augment: RandomShift | None
     batch_order: torch.Generator
 
+    def state_dict(self) -> dict[str, Any]:
+        """What changes while training and decides the next steps: the weights, the optimizer's
+        and the schedule's state, and every random generator a step draws from (the batch order,
+        which augmentation shares, and torch's global one, which dropout uses)."""
+        device = self.data.x_train.device
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+            "batch_order": self.batch_order.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])  # after the model: onto its params
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state["schedule"])
+        self.batch_order.set_state(state["batch_order"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.data.x_train.device)
+
 
 def setup(cfg: Config) -> Setup:
     """Threads, device, data, network, optimizer, schedule and steps of the run `cfg` describes."""
@@ -270,16 +297,45 @@ def setup(cfg: Config) -> Setup:
     )
 
 
-def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
-    """Train the network `cfg` describes; callbacks see every epoch. Returns the final metrics."""
+def start(
+    s: Setup, cfg: Config, resume: TrainState | None, callbacks: Sequence[Callback]
+) -> tuple[list[dict[str, float]], float]:
+    """The metrics of the epochs trained so far and the untrained network's validation loss: none
+    and measured now, or those of `resume`, whose state goes into `s` and whose epochs the
+    callbacks see (the pruner judges the whole curve, the MLflow run logs it)."""
+    if resume is None:
+        data = s.data
+        loss, _ = evaluate(
+            s.model, s.loss_fn, data.x_val, data.y_val, data.task, cfg.trainer.eval_batch_size
+        )
+        return [], loss
+    resume.check(cfg)
+    s.load_state_dict(resume.tensors)
+    for epoch, metrics in enumerate(resume.history, 1):
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, metrics)
+    return list(resume.history), resume.initial_loss
+
+
+def run(
+    cfg: Config,
+    callbacks: Sequence[Callback] = (),
+    checkpoint: Path | None = None,
+    resume: TrainState | None = None,
+) -> TrainResult:
+    """Train the network `cfg` describes; callbacks see every epoch. Returns the final metrics.
+
+    With `checkpoint`, the run's state is written there every `trainer.checkpoint_every` epochs;
+    with `resume` (a state of the same config), it goes on from that state's epoch, and its
+    callbacks first see the epochs trained before, as if this run had trained them."""
     s = setup(cfg)
     mark_phase("data, model and optimizer ready")
     data, model, eval_chunk = s.data, s.model, cfg.trainer.eval_batch_size
+    history, initial_loss = start(s, cfg, resume, callbacks)
     # a loss this far above the untrained network's has diverged even while it is finite
-    initial_loss, _ = evaluate(model, s.loss_fn, data.x_val, data.y_val, data.task, eval_chunk)
     diverged_above = cfg.trainer.divergence_ratio * max(initial_loss, 1.0)
-    history: list[dict[str, float]] = []
-    for epoch in range(1, cfg.trainer.epochs + 1):
+    every = cfg.trainer.checkpoint_every if checkpoint is not None else 0
+    for epoch in range(len(history) + 1, cfg.trainer.epochs + 1):
         lr = s.optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
@@ -304,6 +360,8 @@ def run(cfg: Config, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> T
         if data.task != "regression":
             metrics |= {"train/acc": train_acc, "val/acc": val_acc}
         history.append(metrics)
+        if every and epoch % every == 0:  # before the callbacks: one may stop the run
+            TrainState.of(cfg, history, initial_loss, s.state_dict()).save(checkpoint)
         for callback in callbacks:
             callback.on_epoch_end(epoch, metrics)
     mark_phase("epochs trained")
