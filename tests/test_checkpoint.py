@@ -4,6 +4,10 @@ and with every state a step reads (momentum, schedules, dropout's and augmentati
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -139,3 +143,34 @@ def test_a_checkpoint_of_other_settings_is_refused(make_config, tmp_path):
     # what does not change the numbers may differ: a resumed run's own checkpoints, its threads
     resumed = trainer.run(make_config("trainer.epochs=4", "trainer.num_threads=1"), resume=state)
     assert len(resumed.history) == 4
+
+
+CHECKPOINT_AND_RESUME = """
+import sys
+from pathlib import Path
+from sweeplab.config import to_config
+from sweeplab.training import trainer
+from sweeplab.training.checkpoint import TrainState
+from tests.conftest import compose_raw
+cfg = to_config(compose_raw(*{overrides!r}))
+path = Path({path!r})
+trainer.run(cfg, checkpoint=path)
+trainer.run(cfg, resume=TrainState.load(path))
+print("torch._dynamo" in sys.modules)
+"""
+
+
+def test_checkpoints_of_adam_do_not_import_torch_dynamo(tmp_path):
+    """torch wraps Optimizer.state_dict so that its first call imports torch._dynamo: seconds
+    of a trial's first checkpoint (LeanAdam calls the plain one)."""
+    overrides = ["trainer.epochs=2", "trainer.checkpoint_every=1", "trainer.progress=false"]
+    script = CHECKPOINT_AND_RESUME.format(overrides=overrides, path=str(tmp_path / "run.pt"))
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[1],  # where `tests` is a package
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

@@ -44,9 +44,12 @@ class LeanAdam(torch.optim.Adam):
     """torch.optim.Adam(fused=True), with a direct call of the fused kernel in the common case."""
 
     # torch wraps these in torch._disable_dynamo, which imports torch._dynamo (a second of a
-    # command's start-up) on the first call; sweeplab never compiles, so the plain ones serve
+    # command's start-up, or of a trial's first checkpoint) on the first call; sweeplab never
+    # compiles, so the plain ones serve
     add_param_group = inspect.unwrap(torch.optim.Optimizer.add_param_group)
     zero_grad = inspect.unwrap(torch.optim.Optimizer.zero_grad)
+    state_dict = inspect.unwrap(torch.optim.Optimizer.state_dict)
+    load_state_dict = inspect.unwrap(torch.optim.Optimizer.load_state_dict)
 
     def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's signature
         if closure is not None or not self._lean_step():
