@@ -12,10 +12,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
+import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from sweeplab.config import to_config
 from sweeplab.sweep.storage import make_storage
+from sweeplab.training import trainer
 
 from .conftest import run_cli
 from .test_sweep import SMALL, children, sweep_in_background, write_sweep_file
@@ -328,3 +332,68 @@ def test_a_killed_single_run_ends_killed_not_running(mlflow_uri, _isolated_outpu
     while time.time() < deadline and client.get_run(run.info.run_id).info.status == "RUNNING":
         time.sleep(0.5)
     assert client.get_run(run.info.run_id).info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_a_killed_trial_resumes_from_its_checkpoint_as_if_never_killed(
+    mlflow_uri, tmp_path, _isolated_output
+):
+    """kill -9 of the sweep's process group mid-trial; the rerun's retry starts from the trial's
+    last checkpoint and ends with the weights and metrics of a run that was never killed."""
+    name = "resumed"
+    args = [
+        "sweep=synthetic",
+        *SMALL,
+        f"tracking.uri={mlflow_uri}",
+        "tracking.log_model=true",  # the trial's weights, compared below
+        f"sweep.study_name={name}",
+        "sweep.stack=1",
+        "sweep.n_trials=1",
+        "sweep.pruner.name=none",
+        "trainer.epochs=1500",
+        "trainer.checkpoint_every=100",
+        "data.n_train=400",
+    ]
+    saved = _isolated_output / "checkpoints" / name / "trial-0.pt"
+    proc, [killed] = sweep_in_background(
+        args,
+        _isolated_output,
+        name,
+        # a checkpoint exists, and the trial is early enough that it cannot finish before the kill
+        lambda running: (
+            saved.exists() and len(running) == 1 and len(running[0].intermediate_values) < 1000
+        ),
+        new_session=True,
+    )
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole sweep, as a reboot or the OOM killer would
+    proc.communicate()
+
+    done = run_cli("sweeplab.sweep", *args, env={"SWEEPLAB_OUTPUT": str(_isolated_output)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "retrying trial 0 from its checkpoint of epoch" in done.stderr
+    storage = make_storage(str(_isolated_output / "optuna" / f"{name}.journal"))
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    retry = study.trials[1]
+    assert retry.user_attrs["retry_of"] == 0
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(retry.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    resumed_from = int(run.data.tags["sweeplab.resumed_from_epoch"])
+    assert resumed_from >= 100 and resumed_from % 100 == 0
+    assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert not [p for p in (_isolated_output / "checkpoints").rglob("*") if p.is_file()]
+
+    # the same config trained in one go, here: the same numbers, bit for bit
+    config = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    uninterrupted = trainer.run(to_config(yaml.safe_load(Path(config).read_text())))
+    weights = client.download_artifacts(run.info.run_id, "model_state_dict.pt", str(tmp_path))
+    for key, value in torch.load(weights).items():
+        assert torch.equal(value, uninterrupted.model.state_dict()[key]), key
+    expected = [epoch["val/acc"] for epoch in uninterrupted.history]
+    assert [retry.intermediate_values[e] for e in range(1, 1501)] == expected  # pruner's view
+    logged = client.get_metric_history(run.info.run_id, "val/loss")
+    assert [m.value for m in sorted(logged, key=lambda m: m.step)] == [
+        epoch["val/loss"] for epoch in uninterrupted.history
+    ]
+    assert retry.value == uninterrupted.metrics["val/acc"]

@@ -259,6 +259,7 @@ def test_stacked_net_forward_matches_each_members_network(make_config):
         (["trainer.native=false"], False),
         (["trainer.backward=autograd"], False),
         (["model.dropout=0.2"], False),
+        (["trainer.checkpoint_every=2"], False),  # a stack writes no checkpoints
     ],
 )
 def test_a_single_run_of_a_small_input_trains_as_a_stack_of_one(

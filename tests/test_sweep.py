@@ -101,6 +101,23 @@ def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri):
     assert "optuna/optimization_history.png" in plots
 
 
+def test_trials_that_checkpoint_leave_no_checkpoint_behind(mlflow_uri, _isolated_output):
+    """Completed and pruned trials wrote checkpoints (their folder exists) and removed them."""
+    plan, _ = plan_and_run(
+        sweep_overrides(
+            mlflow_uri,
+            "sweep.n_trials=3",
+            "sweep.study_name=saved",
+            "trainer.checkpoint_every=1",
+            "sweep.pruner.n_startup_trials=1",
+            "sweep.pruner.n_warmup_steps=0",
+        )
+    )
+    assert len(load(plan).trials) == 3
+    folder = _isolated_output / "checkpoints" / "saved"
+    assert folder.is_dir() and not list(folder.iterdir())
+
+
 def test_best_config_reruns_with_train(mlflow_uri, _isolated_output):
     plan, summary = plan_and_run(
         sweep_overrides(mlflow_uri, "sweep.n_trials=2", "sweep.study_name=best")
@@ -470,9 +487,10 @@ def test_killed_sweep_resumes_failing_and_retrying_the_orphan(
     assert orphan.info.status == "KILLED"
 
 
-def sweep_in_background(args, output, study_name, ready):
+def sweep_in_background(args, output, study_name, ready, new_session=False):
     """`python -m sweeplab.sweep ARGS` as a subprocess, returned with its running trials once
-    `ready(running trials)` holds and each has its MLflow run."""
+    `ready(running trials)` holds and each has its MLflow run; with `new_session`, in a process
+    group of its own (that a test may kill)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "sweeplab.sweep", *args],
         env={**os.environ, "SWEEPLAB_OUTPUT": str(output)},
@@ -482,6 +500,7 @@ def sweep_in_background(args, output, study_name, ready):
         # a terminal's Ctrl-C: a process started in the background (as CI runs us) inherits
         # SIGINT ignored, and Python then never raises KeyboardInterrupt for it
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        start_new_session=new_session,
     )
     storage = str(output / "optuna" / f"{study_name}.journal")
     deadline = time.time() + 180

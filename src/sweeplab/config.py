@@ -263,8 +263,8 @@ class TrainerConfig:
     # stop when train/loss > this x max(untrained loss, 1); NaN/inf always stop; 0 = off
     divergence_ratio: float = 100.0
     # a sweep trial saves its state every N epochs, and a killed trial's retry resumes from it;
-    # 0 = off, the default: a checkpoint costs more than a synthetic trial's epoch (~0.3 ms) and a
-    # single run has no retry, so a sweep of long trials sets it (conf/sweep/mnist.yaml)
+    # 0 = off, the default: a checkpoint (milliseconds) costs more than a synthetic trial's epoch
+    # and a single run has no retry, so a sweep of long trials sets it (conf/sweep/mnist.yaml)
     checkpoint_every: int = 0
     progress: bool = True  # a progress bar on a terminal; always quiet when not a TTY
 

@@ -4,7 +4,9 @@ A worker repeats: take the study's lock, fail trials whose process died (and que
 more), count the budget, start a trial (or the trials of a stack, `stacking`), release the lock
 as soon as the trials exist. So any number of workers, started by `sweeplab.sweep` or by hand
 on other machines, finish exactly `n_trials` trials between them. A trial alone is
-`training.tracking.train_and_track` with the sweep's parent run and a pruning callback.
+`training.tracking.train_and_track` with the sweep's parent run and a pruning callback; it
+checkpoints into the output folder (`trainer.checkpoint_every`), and the retry of a trial whose
+process died resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from sweeplab.config import Config, store_uri
+from sweeplab.config import Config, output_dir, store_uri
 from sweeplab.machine import machine_failure
 from sweeplab.phases import mark_phase
 from sweeplab.runtime import INTERRUPTED, stopping
@@ -42,6 +45,7 @@ from sweeplab.sweep.storage import (
     stop_trials,
     worker_id,
 )
+from sweeplab.training import checkpoint
 from sweeplab.training.mlflow_helper import shared_helper
 from sweeplab.training.tracking import train_and_track
 from sweeplab.training.trainer import Callback, TrainResult, auto_threads
@@ -156,6 +160,9 @@ class Worker:
                     + (", its parameters retried as a new trial" if retried else ""),
                     file=sys.stderr,
                 )
+                if not retried and STOPPED_BY not in trial.user_attrs:  # nothing resumes it:
+                    # its checkpoint (and the one it resumed from) can go
+                    self.remove_checkpoints(trial.number, trial.user_attrs.get("retry_of"))
         trials = self.study.get_trials(deepcopy=False)
         retried = {t.user_attrs.get("retry_of") for t in trials}
         for trial in trials:
@@ -182,18 +189,23 @@ class Worker:
             cfg.trainer.num_threads = auto_threads(cfg, available=self.threads)
         if cfg.tracking.run_name is None:
             cfg.tracking.run_name = f"{self.plan.study_name}-trial-{trial.number}"
+        retry_of = trial.user_attrs.get("retry_of")  # (queued by reconcile or the heartbeat)
+        resume = self.resumable(cfg, retry_of)
         try:
-            result, _ = self._train(trial, cfg, values)
+            result, _ = self._train(trial, cfg, values, resume)
         except KeyboardInterrupt:  # Optuna fails the trial: its run says so, as after_trial would
             self._tag_state(trial.number, TrialState.FAIL)
             trial.set_user_attr(STOPPED_BY, INTERRUPTED)
-            raise
+            raise  # (its checkpoint stays, for its retry: stopped, it did not end)
         except Exception as err:
             if (why := machine_failure(err)) is not None:  # this sweep stops; the trial is
-                self.failed_by_machine = why  # retried when it resumes
+                self.failed_by_machine = why  # retried (from its checkpoint) when it resumes
                 with contextlib.suppress(Exception):  # (the storage may be what failed)
                     trial.set_user_attr(STOPPED_BY, why)
+            else:  # pruned, or failed by its own error: nothing will resume it
+                self.remove_checkpoints(trial.number, retry_of)
             raise
+        self.remove_checkpoints(trial.number, retry_of)
         value = result.metrics[self.plan.objective]
         if not math.isfinite(value):
             raise FloatingPointError(f"{self.plan.objective}={value}")
@@ -202,23 +214,57 @@ class Worker:
         return value
 
     def _train(
-        self, trial: optuna.Trial, cfg: Config, values: dict[str, Any]
+        self,
+        trial: optuna.Trial,
+        cfg: Config,
+        values: dict[str, Any],
+        resume: checkpoint.TrainState | None,
     ) -> tuple[TrainResult, str]:
-        """Train and track one trial's config, reporting to Optuna for its pruner."""
+        """Train and track one trial's config, reporting to Optuna for its pruner (from
+        `resume`, a state of the killed trial it retries, where there is one)."""
+        tags = {
+            "sweeplab.role": "trial",
+            "optuna.study": self.plan.study_name,
+            "optuna.trial": str(trial.number),
+            "optuna.params": " ".join(to_overrides(values))[:5000],
+        }
+        if resume is not None:
+            tags["sweeplab.resumed_from_epoch"] = str(resume.epoch)
         return train_and_track(
             cfg,
             callbacks=(PruningCallback(trial, self.plan.objective),),
             parent_run_id=self.parent_run_id,
-            tags={
-                "sweeplab.role": "trial",
-                "optuna.study": self.plan.study_name,
-                "optuna.trial": str(trial.number),
-                "optuna.params": " ".join(to_overrides(values))[:5000],
-            },
+            tags=tags,
             finished_on=(optuna.TrialPruned,),
             on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
             key=self.run_key(trial.number),
+            checkpoint=self.checkpoint_file(trial.number),
+            resume=resume,
         )
+
+    def checkpoint_file(self, number: int) -> Path:
+        """Where trial `number` keeps its last checkpoint (`trainer.checkpoint_every`)."""
+        return output_dir() / "checkpoints" / self.plan.study_name / f"trial-{number}.pt"
+
+    def resumable(self, cfg: Config, retry_of: int | None) -> checkpoint.TrainState | None:
+        """The last checkpoint of the killed trial `retry_of`, if it can resume `cfg`."""
+        if retry_of is None or not self.checkpoint_file(retry_of).exists():
+            return None
+        try:
+            state = checkpoint.TrainState.load(self.checkpoint_file(retry_of))
+            state.check(cfg)
+        except Exception as err:  # unreadable or of other settings: trained from the start
+            print(f"trial {retry_of}'s checkpoint is not resumed: {err}", file=sys.stderr)
+            return None
+        print(
+            f"retrying trial {retry_of} from its checkpoint of epoch {state.epoch}", file=sys.stderr
+        )
+        return state
+
+    def remove_checkpoints(self, *numbers: int | None) -> None:
+        for number in numbers:
+            if number is not None:
+                checkpoint.remove(self.checkpoint_file(number))
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Tag the trial's MLflow run with its state, log the parent's best-so-far, print a line

@@ -4,6 +4,7 @@ data, mnist    datasets as tensors (the synthetic tasks, MNIST and any IDX image
 model          the 2-layer network and the loss of each task
 optim          torch.optim optimizers and learning-rate schedules from the config
 trainer        the training loop: run(cfg, callbacks) -> TrainResult
+checkpoint     a run's state at the end of an epoch, saved and resumed bit for bit
 fast/          the optional speed path behind one entry (hand-derived gradients, LeanAdam,
                the C++ loops)
 stack/         many networks trained at once as one wide network (a sweep's stacked trials)

@@ -22,6 +22,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from sweeplab.phases import mark_phase
 from sweeplab.provenance import environment_tags, git_commit
 from sweeplab.runtime import INTERRUPTED
 from sweeplab.training import trainer
+from sweeplab.training.checkpoint import TrainState
 from sweeplab.training.data import Dataset
 from sweeplab.training.mlflow_helper import Helper, shared_helper
 from sweeplab.training.model import predict_proba
@@ -217,19 +219,24 @@ def train_and_track(
     finished_on: tuple[type[BaseException], ...] = (),
     on_run_start: Callable[[str], None] | None = None,
     key: str | None = None,
+    checkpoint: Path | None = None,
+    resume: TrainState | None = None,
 ) -> tuple[TrainResult, str]:
     """Train `cfg` inside one MLflow run; return the result and the run id.
 
     A sweep trial is the same call with a parent run, its pruning callback,
     `finished_on=(TrialPruned,)` so that a pruned trial's run still ends FINISHED, and
     `on_run_start` to record the run id on the trial as soon as the store has made the run,
-    and the `key` it writes the trial's tags with (`mlflow_helper`).
+    and the `key` it writes the trial's tags with (`mlflow_helper`), and its `checkpoint` file
+    and the state it `resume`s from (`trainer.run`: the run logs the resumed epochs too).
     """
     with tracked_run(cfg, parent_run_id, tags, finished_on, on_run_start, key) as run:
         progress = trainer.ProgressBar(cfg.trainer.epochs, cfg.trainer.progress)
         try:
-            train = run_alone if covers_alone(cfg) else trainer.run
-            result = train(cfg, (run, *callbacks, progress))
+            if covers_alone(cfg) and resume is None:  # a stack resumes nothing
+                result = run_alone(cfg, (run, *callbacks, progress))
+            else:
+                result = trainer.run(cfg, (run, *callbacks, progress), checkpoint, resume)
         finally:
             progress.close()
         run.log_result(result, cfg)

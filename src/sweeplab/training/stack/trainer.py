@@ -169,9 +169,11 @@ def covers_alone(cfg: Config) -> bool:
     """Whether a single run of `cfg` trains as a stack of one (`run_alone`): where the stacked
     C++ loop runs it (`native_loop_for`: a small input on the CPU, hand-derived gradients, no
     dropout or augmentation), it makes the same steps with less overhead than the single-run
-    loop, whatever the width and optimizer (`benchmarks/stacked_sweeps.py`, part one)."""
+    loop, whatever the width and optimizer (`benchmarks/stacked_sweeps.py`, part one). A run that
+    checkpoints (`trainer.checkpoint_every`) trains alone: a stack writes no checkpoints."""
     return (
         cfg.trainer.native
+        and not cfg.trainer.checkpoint_every
         and unsupported(cfg.optimizer) is None
         and cfg.trainer.backward != "autograd"
         and resolve_device(cfg.trainer.device).type == "cpu"
