@@ -100,9 +100,10 @@ class Worker:
         """How the MLflow helper knows trial `number`'s run."""
         return f"{self.plan.study_name}-trial-{number}-{worker_id()}"
 
-    def count(self) -> dict[TrialState, int]:
+    def count(self, trials: list[optuna.trial.FrozenTrial] | None = None) -> dict[TrialState, int]:
+        """How many of `trials` (default: the study's) are in each state."""
         count = {state: 0 for state in TrialState}
-        for trial in self.study.get_trials(deepcopy=False):
+        for trial in self.study.get_trials(deepcopy=False) if trials is None else trials:
             count[trial.state] += 1
         return count
 
@@ -114,10 +115,10 @@ class Worker:
 
     def stop_reason(self, deadline: float | None) -> str | None:
         """Why no further trial may start (budget, failures, timeout), or None."""
-        count = self.count()
+        trials = self.study.get_trials(deepcopy=False)  # (read once: a query on a database)
+        count = self.count(trials)
         used = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
         running = count[TrialState.RUNNING]
-        trials = self.study.get_trials(deepcopy=False)
         retried = {t.user_attrs.get("retry_of") for t in trials}
         failed = sum(  # not a trial stopped by Ctrl-C or the machine, nor one retried after
             t.state == TrialState.FAIL  # its worker died (its retry counts)
