@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from types import ModuleType
+
+# held while matplotlib's modules are imported: a thread that imports them while another does can
+# meet one half-initialised ("No module named 'matplotlib._layoutgrid'")
+IMPORTING_MATPLOTLIB = threading.RLock()
 
 
 @functools.cache
 def pyplot() -> ModuleType:
     """matplotlib.pyplot, drawing into files (Agg), without its font-cache chatter."""
-    import matplotlib  # only when a picture is drawn: seconds the other commands need not wait
+    with IMPORTING_MATPLOTLIB:
+        import matplotlib  # only when a picture is drawn: seconds other commands need not wait
 
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)
+        import matplotlib.pyplot as plt
 
     return plt

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from sweeplab.config import Config, ConfigError, SweepConfig, output_dir, store_uri, to_yaml
-from sweeplab.figures import pyplot
+from sweeplab.figures import IMPORTING_MATPLOTLIB, pyplot
 from sweeplab.redaction import without_secrets
 from sweeplab.sweep.plan import SweepPlan, compose_trial
 from sweeplab.sweep.space import to_overrides
@@ -218,10 +218,11 @@ def best_config_yaml(
 def load_plotting() -> tuple[ModuleType, type]:
     """Optuna's matplotlib plots and its PED-ANOVA evaluator, with matplotlib and scikit-learn
     (seconds to import: only in the process that reports, not in every worker's start-up)."""
-    import optuna.visualization.matplotlib as optuna_plots
-    from optuna.importance import PedAnovaImportanceEvaluator
+    with IMPORTING_MATPLOTLIB:  # the sweep's main thread loads them early, in a thread of its own
+        import optuna.visualization.matplotlib as optuna_plots
+        from optuna.importance import PedAnovaImportanceEvaluator
 
-    pyplot()
+        pyplot()
     return optuna_plots, PedAnovaImportanceEvaluator
 
 
