@@ -41,7 +41,7 @@ def test_a_stacked_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri
         assert run.info.status == "FINISHED"
         assert run.data.tags["optuna.trial_state"] == trial.state.name
         assert run.data.params["model.d_hidden"] == str(trial.params["model.d_hidden"])
-        assert float(run.data.params["optimizer.lr"]) == pytest.approx(trial.params["optimizer.lr"])
+        assert run.data.params["optimizer.lr"] == f"{trial.params['optimizer.lr']:.4g}"
         history = client.get_metric_history(run.info.run_id, "val/acc")
         assert [m.step for m in history] == sorted(trial.intermediate_values)
         assert [m.value for m in history] == [
@@ -91,6 +91,8 @@ def test_pruning_stops_a_hopeless_trial_of_a_later_stack(mlflow_uri):
     assert max(hopeless.intermediate_values) < 12
     run = MlflowClient(mlflow_uri).get_run(hopeless.user_attrs["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["optuna.trial_state"] == "PRUNED"
+    assert run.info.run_name.endswith(f"-trial-5 (pruned at epoch {hopeless.last_step})")
+    assert run.data.metrics["epochs_run"] == hopeless.last_step
     assert summary.counts == {"COMPLETE": 5, "PRUNED": 1}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from sweeplab.sweep import run as sweep_run
 from sweeplab.sweep.plan import plan_sweep
 from sweeplab.sweep.run import run_sweep
 from sweeplab.sweep.storage import make_storage, quiet_experimental
+from sweeplab.sweep.worker import trial_run_name
 
 from .conftest import run_cli
 
@@ -32,10 +34,12 @@ SMALL = [
     "tracking.log_plots=false",
     "tracking.log_model=false",
 ]
+NO_PICTURES = "sweep.best_pictures=false"  # (retraining the best trial is tested once, below)
 
 
 def sweep_overrides(mlflow_uri, *extra):
-    return ["sweep=synthetic", *SMALL, f"tracking.uri={mlflow_uri}", *extra]
+    pictures = [] if any(x.startswith("sweep.best_pictures=") for x in extra) else [NO_PICTURES]
+    return ["sweep=synthetic", *SMALL, *pictures, f"tracking.uri={mlflow_uri}", *extra]
 
 
 def plan_and_run(overrides):
@@ -69,9 +73,24 @@ def test_every_shipped_sweep_plans(name):
     assert plan.storage.endswith(f"optuna/{name}.journal")
 
 
+@pytest.mark.parametrize(
+    ("state", "last_epoch", "name"),
+    [
+        (TrialState.COMPLETE, 100, "mnist-trial-7"),
+        (TrialState.PRUNED, 3, "mnist-trial-7 (pruned at epoch 3)"),
+        (TrialState.PRUNED, None, "mnist-trial-7 (pruned)"),
+        (TrialState.FAIL, 2, "mnist-trial-7 (failed)"),
+    ],
+)
+def test_a_trials_run_name_says_how_it_ended(state, last_epoch, name):
+    assert trial_run_name("mnist", 7, state, last_epoch) == name
+
+
 def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri):
     plan, summary = plan_and_run(
-        sweep_overrides(mlflow_uri, "sweep.n_trials=5", "sweep.study_name=e2e")
+        sweep_overrides(
+            mlflow_uri, "sweep.n_trials=5", "sweep.study_name=e2e", "sweep.best_pictures=true"
+        )
     )
     study = load(plan)
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -90,8 +109,14 @@ def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri):
         assert run.data.tags["optuna.trial_state"] == trial.state.name
         assert run.data.params["model.d_hidden"] == str(trial.params["model.d_hidden"])
         assert run.data.params["optimizer.name"] == trial.params["optimizer"]
-        assert float(run.data.params["optimizer.lr"]) == pytest.approx(trial.params["optimizer.lr"])
+        # 4 significant digits: the UI's runs table cuts longer values before their exponent
+        assert run.data.params["optimizer.lr"] == f"{trial.params['optimizer.lr']:.4g}"
         assert run.data.params["data.n_train"] == "200"  # the command line applies to every trial
+        assert run.data.metrics["epochs_run"] == trial.last_step
+        assert (
+            f"Trial {trial.number} of the Optuna study `e2e`"
+            in run.data.tags["mlflow.note.content"]
+        )
     # the parent tracks the best value by trial number and holds Optuna's pictures and a CSV
     best_history = client.get_metric_history(summary.parent_run_id, "best_value")
     assert best_history[-1].value == pytest.approx(study.best_value)
@@ -99,6 +124,15 @@ def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri):
     assert {"trials.csv", "best.yaml", "optuna"} <= names
     plots = {a.path for a in client.list_artifacts(summary.parent_run_id, "optuna")}
     assert "optuna/optimization_history.png" in plots
+    # the best trial's own run holds its pictures and weights, from a retraining that agrees
+    best = client.get_run(summary.best_run_id)
+    pictures = {a.path for a in client.list_artifacts(summary.best_run_id)}
+    assert {"learning_curves.png", "decision_region.png", "model_state_dict.pt"} <= pictures
+    assert best.data.tags["sweeplab.pictures"] == (
+        f"retrained: val/acc={study.best_value:.6g} (the trial: {study.best_value:.6g})"
+    )
+    others = [r for r in runs if r.info.run_id != summary.best_run_id]
+    assert not any(client.list_artifacts(r.info.run_id, "learning_curves.png") for r in others)
 
 
 def test_trials_that_checkpoint_leave_no_checkpoint_behind(mlflow_uri, _isolated_output):
@@ -124,6 +158,7 @@ def test_best_config_reruns_with_train(mlflow_uri, _isolated_output):
     )
     text = summary.best_config_path.read_text()
     assert f"model:\n  d_hidden: {summary.best_params['model.d_hidden']}\n" in text
+    assert "log_plots: true" in text and "log_model: true" in text  # the rerun is for them
     done = run_cli(
         "sweeplab.train",
         "--config-path",
@@ -134,7 +169,14 @@ def test_best_config_reruns_with_train(mlflow_uri, _isolated_output):
         env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
     )
     assert done.returncode == 0, done.stderr
-    assert "MLflow run" in done.stdout
+    [run_id] = re.findall(r"http://127\.0\.0\.1:5000/#/runs/([0-9a-f]{32})", done.stdout)
+    tags = MlflowClient(mlflow_uri).get_run(run_id).data.tags
+    best_trial = str(load(plan).best_trial.number)
+    assert (tags["optuna.study"], tags["optuna.trial"], tags["sweeplab.role"]) == (
+        "best",
+        best_trial,
+        "rerun",
+    )
 
 
 def test_rerun_continues_the_study_without_rerunning(mlflow_uri):
@@ -256,6 +298,10 @@ def test_pruning_stops_a_hopeless_trial(mlflow_uri):
     assert len(client.get_metric_history(run.info.run_id, "val/acc")) == max(
         hopeless.intermediate_values
     )
+    # the runs table says it without a column added: its name, and the epochs it ran
+    pruned_at = max(hopeless.intermediate_values)
+    assert run.info.run_name == f"{plan.study_name}-trial-2 (pruned at epoch {pruned_at})"
+    assert run.data.metrics["epochs_run"] == pruned_at
     assert summary.counts == {"COMPLETE": 2, "PRUNED": 1}
 
 

@@ -9,7 +9,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from sweeplab.provenance import git_commit
-from sweeplab.training.tracking import train_and_track
+from sweeplab.stores import ui_link
+from sweeplab.training.tracking import param_text, train_and_track
 from sweeplab.training.trainer import Callback, DivergenceError
 
 
@@ -17,8 +18,43 @@ def artifact_names(client, run_id):
     return {a.path for a in client.list_artifacts(run_id)}
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (4.13276077e-05, "4.133e-05"),
+        (1.37891e-06, "1.379e-06"),
+        (0.01, "0.01"),
+        (0.9, "0.9"),
+        (1234.5678, "1235"),
+        (100.0, "100"),
+        (3, "3"),
+        (True, "True"),
+        ("adam", "adam"),
+    ],
+)
+def test_params_read_with_four_significant_digits_and_their_exponent(value, shown):
+    assert param_text(value) == shown
+
+
+@pytest.mark.parametrize(
+    ("uri", "experiment", "link"),
+    [
+        ("sqlite:////tmp/x/mlflow.db", None, "http://127.0.0.1:5000/#/runs/RUN"),
+        (
+            "http://me:secret@mlflow.lab:8080/",
+            "3",
+            "http://mlflow.lab:8080/#/experiments/3/runs/RUN",
+        ),
+    ],
+)
+def test_a_runs_link_opens_its_page_in_the_ui_without_the_password(uri, experiment, link):
+    assert ui_link(uri, "RUN", experiment) == link
+
+
 def test_run_logs_params_metrics_tags_and_artifacts(make_config, mlflow_uri):
-    cfg = make_config("trainer.epochs=3", "model.d_hidden=3", "seed=5")
+    cfg = make_config(
+        "trainer.epochs=3", "model.d_hidden=3", "seed=5", "optimizer.weight_decay=4.13276077e-05"
+    )
     result, run_id = train_and_track(cfg)
     client = MlflowClient(mlflow_uri)
     run = client.get_run(run_id)
@@ -29,6 +65,7 @@ def test_run_logs_params_metrics_tags_and_artifacts(make_config, mlflow_uri):
     assert params["optimizer.lr"] == "0.01"
     assert params["data.n_train"] == "200"
     assert params["seed"] == "5"
+    assert params["optimizer.weight_decay"] == "4.133e-05"  # its exact value: in config.yaml
     history = client.get_metric_history(run_id, "val/acc")
     assert [m.step for m in history] == [1, 2, 3]
     assert [m.value for m in history] == [h["val/acc"] for h in result.history]

@@ -276,6 +276,7 @@ class TrackingConfig:
     run_name: str | None = None  # null = a name made from the config
     log_plots: bool = True  # learning curves, decision region, hidden units, MNIST pictures
     log_model: bool = True  # the trained state_dict
+    tags: dict[str, str] = field(default_factory=dict)  # more tags on the run (best.yaml's rerun)
     # metrics of every Nth epoch (and of the last one) go to MLflow; 1 = every epoch
     log_every_n_epochs: int = 1
     # the run (params, metrics, pictures, model, end state) is written to MLflow by a helper
@@ -305,6 +306,9 @@ class SweepConfig:
     # trials a worker trains at once as one stacked network; 0 = as many as pays (the sweep says)
     stack: int = 0
     repeats: int = 1  # seeds per trial (members of its stack); its value is their mean
+    # at the end, the best trial's config is retrained with pictures and weights on, which go
+    # into the trial's own run (trials log none: they cost more than a small network's training)
+    best_pictures: bool = True
     params: dict[str, Any] = field(default_factory=dict)  # key -> sweep expression
 
 

@@ -2,6 +2,7 @@
 asked once, in seconds, before any work, and a store that does not answer is refused in one line.
 
     check_reachable("tracking.uri", "postgresql+psycopg2://me@db/mlflow")   # or ConfigError
+    ui_link(tracking_uri, run_id)     # the run's page in the MLflow UI, printed after a run
 
 MLflow itself retries a database that does not answer for about two minutes per process, after
 the run has trained; a missing driver surfaces as "Failed to import DB access module".
@@ -18,16 +19,24 @@ from sweeplab.config import ConfigError
 from sweeplab.redaction import without_secrets
 
 TIMEOUT_S = 10  # to connect to a store's server
+LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves the local store
+
+
+def ui_link(uri: str, run_id: str, experiment_id: str | None = None) -> str:
+    """The run's page in the MLflow UI: on the tracking server `uri` itself, or where `make ui`
+    serves a local store."""
+    served = uri.startswith(("http://", "https://"))
+    base = _without_user(uri).rstrip("/") if served else LOCAL_UI
+    page = f"experiments/{experiment_id}/runs/{run_id}" if experiment_id else f"runs/{run_id}"
+    return f"{base}/#/{page}"
 
 
 def check_reachable(key: str, url: str) -> None:
     """Refuse `url` (the value of `key`) if its server does not answer."""
     if url.startswith(("http://", "https://")):
-        parts = urllib.parse.urlsplit(url)
-        host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
-        health = parts._replace(netloc=host, path=f"{parts.path.rstrip('/')}/health")
+        health = f"{_without_user(url).rstrip('/')}/health"
         try:
-            with urllib.request.urlopen(health.geturl(), timeout=TIMEOUT_S):
+            with urllib.request.urlopen(health, timeout=TIMEOUT_S):
                 return
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
@@ -36,6 +45,13 @@ def check_reachable(key: str, url: str) -> None:
             ) from None
     if "://" in url and not url.startswith(("sqlite:", "file:")):
         _check_database(key, url)
+
+
+def _without_user(url: str) -> str:
+    """`url` without its user name and password."""
+    parts = urllib.parse.urlsplit(url)
+    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    return parts._replace(netloc=host).geturl()
 
 
 def _check_database(key: str, url: str) -> None:

@@ -23,17 +23,19 @@ from omegaconf import DictConfig  # noqa: E402
 from sweeplab import runtime  # noqa: E402
 from sweeplab.config import CONF_DIR, Config, ConfigError, store_uri, to_config  # noqa: E402
 from sweeplab.phases import mark_phase  # noqa: E402
-from sweeplab.stores import check_reachable  # noqa: E402
+from sweeplab.stores import check_reachable, ui_link  # noqa: E402
 
 
 def summary(cfg: Config, metrics: dict[str, float], epochs: int, run_id: str) -> str:
     shown = ", ".join(
         f"{key}={value:.4f}" for key, value in metrics.items() if key.startswith(("test/", "val/"))
     )
+    uri = store_uri(cfg.tracking)
+    served = "" if uri.startswith(("http://", "https://")) else "  (`make ui` serves it)"
     return (
         f"{epochs} epochs: {shown}\n"
-        f"MLflow run {run_id} in experiment '{cfg.tracking.experiment}' "
-        f"(store {store_uri(cfg.tracking)}); browse it with `make ui`"
+        f"MLflow run {run_id} in experiment '{cfg.tracking.experiment}' (store {uri}):\n"
+        f"  {ui_link(uri, run_id)}{served}"
     )
 
 

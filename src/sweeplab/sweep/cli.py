@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from sweeplab import runtime
 from sweeplab.config import CONF_DIR, ConfigError, store_uri
 from sweeplab.phases import mark_phase
-from sweeplab.stores import check_reachable
+from sweeplab.stores import check_reachable, ui_link
 from sweeplab.sweep.plan import SweepPlan, plan_sweep
 from sweeplab.sweep.results import SweepSummary
 from sweeplab.sweep.run import run_sweep, worker_index
@@ -39,6 +39,10 @@ def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
     print(
         f"\nstudy '{summary.study_name}' stopped: {summary.stop_reason} ({counts}) in {summary.wall_s:.1f}s"
     )
+    uri = store_uri(plan.tracking)
+    if summary.parent_run_id is not None:
+        link = ui_link(uri, summary.parent_run_id, summary.experiment_id)
+        print(f"the sweep in MLflow: {link}  (its trials nested; `make ui` serves a local store)")
     if summary.best_value is None:
         print("no trial completed")
         return
@@ -51,7 +55,8 @@ def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
             "its test metrics: "
             + ", ".join(f"{k}={v:.4f}" for k, v in test.items() if v is not None)
         )
-    print(f"best trial's MLflow run: {summary.best_run_id} (parent run {summary.parent_run_id})")
+    if summary.best_run_id is not None:
+        print(f"best trial's run:    {ui_link(uri, summary.best_run_id, summary.experiment_id)}")
     if summary.best_config_path is not None:
         folder = summary.best_config_path.parent
         print(f"best config: {summary.best_config_path}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import math
 import sys
 import warnings
 from dataclasses import dataclass
@@ -31,7 +32,9 @@ from sweeplab.redaction import without_secrets
 from sweeplab.sweep.plan import SweepPlan, compose_trial
 from sweeplab.sweep.space import to_overrides
 from sweeplab.sweep.storage import best_or_none, wait_for_orphaned_helpers
+from sweeplab.training.mlflow_helper import Helper
 from sweeplab.training.mlflow_store import MAX_BATCH, connect
+from sweeplab.training.tracking import TrackedRun, train
 
 
 def mlflow_client(plan: SweepPlan) -> tuple[MlflowClient, str]:
@@ -118,6 +121,7 @@ class SweepSummary:
     best_test: dict[str, float] | None = None
     best_config_path: Path | None = None
     parent_run_id: str | None = None
+    experiment_id: str | None = None  # the parent's and its trials' MLflow experiment
     wall_s: float = 0.0
     stacked: tuple[int, int] = (0, 0)  # trials trained in stacks, and how many stacks
 
@@ -146,9 +150,7 @@ def report(
     best = best_or_none(study)
     if best is not None:
         try:
-            cfg = compose_trial(plan, best.params)
-            # a stacked trial trained on its stack's batch order: the rerun takes the same
-            cfg.trainer.shuffle_seed = best.user_attrs.get("trainer.shuffle_seed")
+            cfg = rerun_config(plan, best)
         except ConfigError as err:  # e.g. conf/ changed under a long sweep
             print(f"warning: the best trial's config no longer composes: {err}", file=sys.stderr)
         else:
@@ -171,6 +173,42 @@ def report(
     for state, count in counts.items():
         client.log_metric(parent_run_id, f"trials/{state.lower()}", count)
     return summary
+
+
+def rerun_config(plan: SweepPlan, trial: optuna.trial.FrozenTrial) -> Config:
+    """The config that retrains `trial` (best.yaml): pictures and weights logged, its run tagged
+    with its study and trial."""
+    cfg = compose_trial(plan, trial.params)
+    # a stacked trial trained on its stack's batch order: the rerun takes the same
+    cfg.trainer.shuffle_seed = trial.user_attrs.get("trainer.shuffle_seed")
+    cfg.tracking.log_plots = cfg.tracking.log_model = True  # what a sweep's trials skip
+    cfg.tracking.tags = {
+        "sweeplab.role": "rerun",
+        "optuna.study": plan.study_name,
+        "optuna.trial": str(trial.number),
+    }
+    return cfg
+
+
+def picture_best_trial(plan: SweepPlan, study: optuna.Study, helper: Helper) -> None:
+    """The best trial's pictures and weights, into its own MLflow run: its config retrained in
+    this process (training is deterministic), tagged with the value the retraining reached."""
+    best = best_or_none(study)
+    run_id = best.user_attrs.get("mlflow_run_id") if best is not None else None
+    if run_id is None:
+        return
+    cfg = rerun_config(plan, best)
+    print(f"retraining the best trial ({best.number}) for its pictures and weights")
+    result = train(cfg)
+    key = f"pictures-{plan.study_name}-{best.number}"
+    helper.send(("adopt", key, store_uri(cfg.tracking), run_id, False))
+    TrackedRun(helper, key).log_artifacts(result, cfg)
+    again = result.metrics.get(plan.objective, float("nan"))
+    shown = f"retrained: {plan.objective}={again:.6g} (the trial: {best.value:.6g})"
+    helper.send(("tags", key, {"sweeplab.pictures": shown}))
+    helper.sync()
+    if not math.isclose(again, best.value, rel_tol=1e-6):  # repeats: their mean; a seed: one
+        print(f"note: the best trial's pictures are of a retraining that reached {again:.6g}")
 
 
 def write_trials_csv(trials: list[optuna.trial.FrozenTrial], path: Path) -> None:
@@ -233,10 +271,10 @@ def sweep_folder(study_name: str) -> Path:
     return folder
 
 
-def save_study_plots(study: optuna.Study, study_name: str) -> list[Path]:
+def save_study_plots(study: optuna.Study, study_name: str, objective: str) -> list[Path]:
     """Optuna's optimisation history, parallel coordinates, parameter importances and slice plots
-    as PNGs in the sweep's folder; a plot the study cannot make yet (e.g. importances from one
-    trial) is skipped."""
+    as PNGs in the sweep's folder, their value axis named `objective`, sized to their number of
+    parameters; a plot the study cannot make yet (e.g. importances from one trial) is skipped."""
     folder = sweep_folder(study_name)
     optuna_plots, PedAnovaImportanceEvaluator = load_plotting()  # noqa: N806 - a class
     plt = pyplot()
@@ -249,23 +287,27 @@ def save_study_plots(study: optuna.Study, study_name: str) -> list[Path]:
         ),
         "slice": optuna_plots.plot_slice,
     }
+    n_params = len({name for t in study.get_trials(deepcopy=False) for name in t.params})
+    sizes = {  # inches: a panel or an axis per parameter, their labels apart
+        "parallel_coordinate": (max(8.0, 1.7 * (n_params + 1)), 5.5),
+        "slice": (3.0 * n_params + 1.5, 3.5),
+    }
     written = []
     for name, make in makers.items():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                axes = make(study)
+                axes = make(study, target_name=objective)
         except (ValueError, RuntimeError, ZeroDivisionError) as err:
             print(f"note: no {name} plot ({err})")
             continue
         fig = np.atleast_1d(axes).ravel()[0].figure
-        if name == "slice":
-            fig.set_size_inches(max(6, 3 * len(np.atleast_1d(axes).ravel())), 3.5)
+        fig.set_size_inches(*sizes.get(name, (8.0, 5.0)))
+        path = folder / f"{name}.png"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fig.tight_layout()
-        path = folder / f"{name}.png"
-        fig.savefig(path, dpi=90)
+            # not tight_layout: it lays the panels over the slice plot's colour bar
+            fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written

@@ -32,6 +32,7 @@ from sweeplab.sweep.results import (
     find_or_create_parent,
     load_plotting,
     mlflow_client,
+    picture_best_trial,
     report,
     save_study_plots,
     state_counts,
@@ -93,7 +94,7 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     threading.Thread(target=_load_plotting_early, args=(worker,), daemon=True).start()
     bar = _progress(plan, study)
     worker.on_trial_done.append(lambda line: _echo(bar, line, study))
-    client, _ = mlflow_client(plan)
+    client, experiment_id = mlflow_client(plan)
     try:
         reason = _work_while_workers_run(worker, procs, deadline)
     except KeyboardInterrupt:
@@ -106,9 +107,11 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
             bar.close()
     mark_phase("sweep: trials done")
     if reason.startswith(MACHINE_FAILED):
-        return _stopped_by_machine(plan, study, parent_run_id, reason, started)
+        summary = _stopped_by_machine(plan, study, parent_run_id, reason, started)
+        summary.experiment_id = experiment_id
+        return summary
     summary = _end_of_sweep(plan, study, worker, parent_run_id, reason)
-    summary.wall_s = time.time() - started
+    summary.wall_s, summary.experiment_id = time.time() - started, experiment_id
     mark_phase("sweep: reported")
     if reason.startswith(TOO_MANY_FAILED):  # the command exits 1: the parent says why
         client.set_tag(parent_run_id, "failure_reason", reason)
@@ -123,14 +126,15 @@ def _end_of_sweep(
 ) -> SweepSummary:
     """The trials' last writes, Optuna's plots and the report; the parent FAILED if it fails."""
     try:
-        with ThreadPoolExecutor(1) as pool:  # drawn while this thread feeds the helper the
-            drawing = pool.submit(save_study_plots, study, plan.study_name)  # trials' last writes
+        # the plots are drawn while this thread feeds the helper the trials' last writes
+        with ThreadPoolExecutor(1) as pool:
+            drawing = pool.submit(save_study_plots, study, plan.study_name, plan.objective)
             worker.helper.sync()
             mark_phase("sweep: the trials' runs written")
             plots = drawing.result()
         mark_phase("sweep: study plots drawn")
         close_orphan_runs(plan, study)
-        return report(plan, study, parent_run_id, reason, plots)
+        summary = report(plan, study, parent_run_id, reason, plots)
     except BaseException as err:
         client, _ = mlflow_client(plan)
         client.set_tag(
@@ -138,6 +142,12 @@ def _end_of_sweep(
         )
         client.set_terminated(parent_run_id, "FAILED")
         raise
+    if plan.settings.best_pictures and not reason.startswith(TOO_MANY_FAILED):
+        try:
+            picture_best_trial(plan, study, worker.helper)
+        except Exception as err:  # the sweep's results stand without them
+            print(f"warning: no pictures of the best trial: {type(err).__name__}: {err}")
+    return summary
 
 
 def _load_plotting_early(worker: Worker) -> None:

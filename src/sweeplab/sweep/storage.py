@@ -322,7 +322,7 @@ def _is_zombie(pid: int) -> bool:
 
 @contextlib.contextmanager
 def quiet_experimental() -> Iterator[None]:
-    """Optuna's heartbeat and journal features warn that they are experimental, at every call,
+    """Optuna's heartbeat, journal and metric-name features warn that they are experimental,
     and `Study.ask` that heartbeats are for `Study.optimize` (a stack beats for its trials)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
@@ -360,6 +360,9 @@ def join_study(plan: SweepPlan, study: optuna.Study) -> int:
     proposes new points instead of replaying the first ones. Returns that number."""
     joined = int(study.user_attrs.get("sweeplab_processes", 0))
     study.set_user_attr("sweeplab_processes", joined + 1)
+    if study.metric_names is None:  # Optuna's plots and optuna-dashboard name the objective
+        with quiet_experimental():
+            study.set_metric_names([plan.objective])
     study.sampler = _sampler(plan, seed_offset=joined)
     return joined
 

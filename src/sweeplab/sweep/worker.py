@@ -47,12 +47,42 @@ from sweeplab.sweep.storage import (
 )
 from sweeplab.training import checkpoint
 from sweeplab.training.mlflow_helper import shared_helper
-from sweeplab.training.tracking import train_and_track
+from sweeplab.training.tracking import NOTE_TAG, RUN_NAME_TAG, train_and_track
 from sweeplab.training.trainer import Callback, TrainResult, auto_threads
 
 MIN_FINISHED_FOR_FAILURE_RATE = 5
 TOO_MANY_FAILED = "too many failed trials"
 MACHINE_FAILED = "the machine failed"  # a stop reason: a full disk, a store gone (sweeplab.machine)
+
+
+def trial_run_name(study: str, number: int, state: TrialState, last_epoch: int | None) -> str:
+    """A trial's MLflow run name, which says how it ended: "mnist-trial-7",
+    "mnist-trial-7 (pruned at epoch 3)", "mnist-trial-7 (failed)"."""
+    name = f"{study}-trial-{number}"
+    if state == TrialState.PRUNED:
+        return f"{name} (pruned at epoch {last_epoch})" if last_epoch else f"{name} (pruned)"
+    if state == TrialState.COMPLETE:
+        return name
+    return f"{name} ({_ended(state)})"
+
+
+def _ended(state: TrialState) -> str:
+    return {TrialState.FAIL: "failed", TrialState.COMPLETE: "completed"}.get(
+        state, state.name.lower()
+    )
+
+
+def trial_note(
+    plan: SweepPlan, number: int, state: TrialState, last_epoch: int | None, value: float | None
+) -> str:
+    """A trial's MLflow run description: how it ended, and where its study's run is."""
+    epochs = f" after {last_epoch} epochs" if last_epoch else ""
+    result = f": {plan.objective}={value:.4g}" if value is not None else ""
+    return (
+        f"Trial {number} of the Optuna study `{plan.study_name}`, {_ended(state)}{epochs}"
+        f"{result}. Its parent run `sweep-{plan.study_name}` holds the study's plots, "
+        "trials.csv and best.yaml."
+    )
 
 
 class PruningCallback(Callback):
@@ -270,7 +300,12 @@ class Worker:
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Tag the trial's MLflow run with its state, log the parent's best-so-far, print a line
         (the MLflow writes go through the helper)."""
-        self._tag_state(trial.number, trial.state)
+        last = (
+            trial.value
+            if trial.value is not None
+            else trial.intermediate_values.get(trial.last_step)
+        )
+        self._tag_state(trial.number, trial.state, trial.last_step, last)
         best = best_or_none(study)
         if trial.state == TrialState.COMPLETE and best is not None:
             now = int(time.time() * 1000)
@@ -288,10 +323,27 @@ class Worker:
         for hook in self.on_trial_done:
             hook(line)
 
-    def _tag_state(self, number: int, state: TrialState) -> None:
+    def _tag_state(
+        self,
+        number: int,
+        state: TrialState,
+        last_epoch: int | None = None,
+        value: float | None = None,
+    ) -> None:
+        """The trial's state on its MLflow run, where the UI's runs table shows it without a
+        column added: in its name ("synthetic-trial-5 (pruned at epoch 88)") and description,
+        and the epochs it ran as the metric `epochs_run`."""
         key = self.run_key(number)
-        if key in self.helper.uris:  # its run was started (a trial can fail before)
-            self.helper.send(("tags", key, {"optuna.trial_state": state.name}))
+        if key not in self.helper.uris:  # its run was not started (a trial can fail before)
+            return
+        tags = {"optuna.trial_state": state.name}
+        tags[NOTE_TAG] = trial_note(self.plan, number, state, last_epoch, value)
+        if self.plan.tracking.run_name is None:
+            tags[RUN_NAME_TAG] = trial_run_name(self.plan.study_name, number, state, last_epoch)
+        self.helper.send(("tags", key, tags))
+        if last_epoch is not None:
+            now = int(time.time() * 1000)
+            self.helper.send(("metrics", key, [("epochs_run", last_epoch, now, last_epoch)]))
 
     def work(self, deadline: float | None) -> str:
         """Run trials until a stop condition; return why it stopped."""

@@ -43,10 +43,19 @@ from sweeplab.training.trainer import Callback, TrainResult
 HAND_OVER_EVERY_S = 0.1  # how often a run hands its metrics to the helper process
 WRITE_EVERY_S = 1.0  # or writes them itself (each call costs milliseconds on SQLite)
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
+RUN_NAME_TAG = "mlflow.runName"  # set as a tag, it renames the run
+NOTE_TAG = "mlflow.note.content"  # the run's description on its page in the UI
 GRID = 100  # points per axis of the plane pictures
 MAX_HIDDEN_SHOWN = 16  # hidden units drawn over the plane
 MAX_WEIGHTS_SHOWN = 100  # hidden units whose input weights are drawn as images
 MAX_WRONG_SHOWN = 36  # misclassified test images drawn
+
+
+def param_text(value: Any) -> str:
+    """A param as the MLflow UI shows it: a float to 4 significant digits, so that its runs
+    table, which cuts long values, keeps the exponent ("4.133e-05", not "4.13276077...");
+    the exact values are in the run's config.yaml."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def default_run_name(cfg: Config) -> str:
@@ -56,12 +65,12 @@ def default_run_name(cfg: Config) -> str:
 def run_spec(cfg: Config, parent_run_id: str | None, tags: dict[str, str] | None) -> dict:
     """What the helper creates the run with: its store, name, tags, params and config."""
     all_tags = {"dataset": cfg.data.name, "seed": str(cfg.seed), **environment_tags()}
-    all_tags |= tags or {}
+    all_tags |= cfg.tracking.tags | (tags or {})
     if commit := git_commit():
         all_tags["mlflow.source.git.commit"] = commit
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
-    params = {key: str(value) for key, value in to_flat_dict(cfg).items() if key != "sweep"}
+    params = {key: param_text(value) for key, value in to_flat_dict(cfg).items() if key != "sweep"}
     return {
         "uri": store_uri(cfg.tracking),
         "experiment": cfg.tracking.experiment,
@@ -154,6 +163,10 @@ class TrackedRun(Callback):
             step=len(result.history),
         )
         self._hand_over()
+        self.log_artifacts(result, cfg)
+
+    def log_artifacts(self, result: TrainResult, cfg: Config) -> None:
+        """The run's pictures and weights, as `tracking.log_plots` and `log_model` say."""
         files = {}
         if cfg.tracking.log_model and result.model is not None:
             weights = io.BytesIO()
@@ -233,14 +246,23 @@ def train_and_track(
     with tracked_run(cfg, parent_run_id, tags, finished_on, on_run_start, key) as run:
         progress = trainer.ProgressBar(cfg.trainer.epochs, cfg.trainer.progress)
         try:
-            if covers_alone(cfg) and resume is None:  # a stack resumes nothing
-                result = run_alone(cfg, (run, *callbacks, progress))
-            else:
-                result = trainer.run(cfg, (run, *callbacks, progress), checkpoint, resume)
+            result = train(cfg, (run, *callbacks, progress), checkpoint, resume)
         finally:
             progress.close()
         run.log_result(result, cfg)
     return result, run.run_id
+
+
+def train(
+    cfg: Config,
+    callbacks: tuple[Callback, ...] = (),
+    checkpoint: Path | None = None,
+    resume: TrainState | None = None,
+) -> TrainResult:
+    """`trainer.run`, or the same steps as a stack of one where that loop covers `cfg`."""
+    if covers_alone(cfg) and resume is None:  # a stack resumes nothing
+        return run_alone(cfg, callbacks)
+    return trainer.run(cfg, callbacks, checkpoint, resume)
 
 
 @torch.inference_mode()
