@@ -8,10 +8,11 @@ OUT ?= $(or $(SWEEPLAB_OUTPUT),$(CURDIR)/outputs)
 SWEEP ?= synthetic
 ARGS ?=
 PORT ?= 5000
+DASHBOARD_PORT ?= 8080
 REPORT ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep data bench bench-sweeps report reports test test-fast lint format ui clean
+.PHONY: help install train sweep data bench bench-sweeps report reports test test-fast lint format ui dashboard clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +58,10 @@ ui: install ## the MLflow UI on http://127.0.0.1:$(PORT) (local only)
 	mkdir -p $(OUT)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(OUT)/mlflow.db \
 		--default-artifact-root $(OUT)/mlartifacts --host 127.0.0.1 --port $(PORT) --workers 2
+
+dashboard: install ## optuna-dashboard on a sweep's study: http://127.0.0.1:$(DASHBOARD_PORT) [SWEEP=mnist]
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dashboard]"
+	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) $(OUT)/optuna/$(SWEEP).journal
 
 clean: ## delete generated output (MLflow store, studies, Hydra runs); keeps .venv and data/
 	rm -rf $(OUT)

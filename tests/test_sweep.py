@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow.pyfunc
 import optuna
 import pytest
 from hydra import compose, initialize_config_dir
@@ -23,6 +24,7 @@ from sweeplab.sweep.plan import plan_sweep
 from sweeplab.sweep.run import run_sweep
 from sweeplab.sweep.storage import make_storage, quiet_experimental
 from sweeplab.sweep.worker import trial_run_name
+from sweeplab.training.data import load_dataset
 
 from .conftest import run_cli
 
@@ -86,10 +88,14 @@ def test_a_trials_run_name_says_how_it_ended(state, last_epoch, name):
     assert trial_run_name("mnist", 7, state, last_epoch) == name
 
 
-def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri):
+def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri, monkeypatch):
     plan, summary = plan_and_run(
         sweep_overrides(
-            mlflow_uri, "sweep.n_trials=5", "sweep.study_name=e2e", "sweep.best_pictures=true"
+            mlflow_uri,
+            "sweep.n_trials=5",
+            "sweep.study_name=e2e",
+            "sweep.best_pictures=true",
+            "sweep.register_model=e2e-best",
         )
     )
     study = load(plan)
@@ -133,6 +139,13 @@ def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri):
     )
     others = [r for r in runs if r.info.run_id != summary.best_run_id]
     assert not any(client.list_artifacts(r.info.run_id, "learning_curves.png") for r in others)
+    # its MLflow model, registered, scores on the test set what the trial measured
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)  # where "models:/" looks
+    model = mlflow.pyfunc.load_model("models:/e2e-best/1")
+    data = load_dataset(plan.example.data)  # (the space searches no data key)
+    predicted = model.predict(data.x_test.numpy())[:, 0] > 0.5
+    accuracy = float((predicted == data.y_test[:, 0].numpy().astype(bool)).mean())
+    assert accuracy == pytest.approx(best.data.metrics["test/acc"])
 
 
 def test_trials_that_checkpoint_leave_no_checkpoint_behind(mlflow_uri, _isolated_output):

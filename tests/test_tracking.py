@@ -66,6 +66,9 @@ def test_run_logs_params_metrics_tags_and_artifacts(make_config, mlflow_uri):
     assert params["data.n_train"] == "200"
     assert params["seed"] == "5"
     assert params["optimizer.weight_decay"] == "4.133e-05"  # its exact value: in config.yaml
+    # the run's times are the training's, not when the helper process got to write them
+    trained_s = sum(h["time/epoch_s"] for h in result.history)
+    assert (run.info.end_time - run.info.start_time) / 1000 >= trained_s
     history = client.get_metric_history(run_id, "val/acc")
     assert [m.step for m in history] == [1, 2, 3]
     assert [m.value for m in history] == [h["val/acc"] for h in result.history]

@@ -309,6 +309,7 @@ class SweepConfig:
     # at the end, the best trial's config is retrained with pictures and weights on, which go
     # into the trial's own run (trials log none: they cost more than a small network's training)
     best_pictures: bool = True
+    register_model: str | None = None  # a Model Registry name for the best trial's model
     params: dict[str, Any] = field(default_factory=dict)  # key -> sweep expression
 
 

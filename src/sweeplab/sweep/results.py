@@ -8,10 +8,12 @@ The same files are written to `outputs/sweeps/<study>/`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import math
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +31,14 @@ from optuna.trial import TrialState
 from sweeplab.config import Config, ConfigError, SweepConfig, output_dir, store_uri, to_yaml
 from sweeplab.figures import IMPORTING_MATPLOTLIB, pyplot
 from sweeplab.redaction import without_secrets
+from sweeplab.serving import save_pyfunc
 from sweeplab.sweep.plan import SweepPlan, compose_trial
 from sweeplab.sweep.space import to_overrides
 from sweeplab.sweep.storage import best_or_none, wait_for_orphaned_helpers
 from sweeplab.training.mlflow_helper import Helper
 from sweeplab.training.mlflow_store import MAX_BATCH, connect
 from sweeplab.training.tracking import TrackedRun, train
+from sweeplab.training.trainer import TrainResult
 
 
 def mlflow_client(plan: SweepPlan) -> tuple[MlflowClient, str]:
@@ -191,14 +195,15 @@ def rerun_config(plan: SweepPlan, trial: optuna.trial.FrozenTrial) -> Config:
 
 
 def picture_best_trial(plan: SweepPlan, study: optuna.Study, helper: Helper) -> None:
-    """The best trial's pictures and weights, into its own MLflow run: its config retrained in
-    this process (training is deterministic), tagged with the value the retraining reached."""
+    """The best trial's pictures, weights and MLflow model, into its own run: its config
+    retrained in this process (training is deterministic), tagged with the value the retraining
+    reached; the model registered as `sweep.register_model` where that is set."""
     best = best_or_none(study)
     run_id = best.user_attrs.get("mlflow_run_id") if best is not None else None
     if run_id is None:
         return
     cfg = rerun_config(plan, best)
-    print(f"retraining the best trial ({best.number}) for its pictures and weights")
+    print(f"retraining the best trial ({best.number}) for its pictures and model")
     result = train(cfg)
     key = f"pictures-{plan.study_name}-{best.number}"
     helper.send(("adopt", key, store_uri(cfg.tracking), run_id, False))
@@ -206,9 +211,27 @@ def picture_best_trial(plan: SweepPlan, study: optuna.Study, helper: Helper) -> 
     again = result.metrics.get(plan.objective, float("nan"))
     shown = f"retrained: {plan.objective}={again:.6g} (the trial: {best.value:.6g})"
     helper.send(("tags", key, {"sweeplab.pictures": shown}))
-    helper.sync()
     if not math.isclose(again, best.value, rel_tol=1e-6):  # repeats: their mean; a seed: one
         print(f"note: the best trial's pictures are of a retraining that reached {again:.6g}")
+    log_model(plan, result, cfg, run_id)
+    helper.sync()
+
+
+def log_model(plan: SweepPlan, result: TrainResult, cfg: Config, run_id: str) -> None:
+    """The network as an MLflow pyfunc model under the run's `model/` (`serving`), registered
+    in the Model Registry as `sweep.register_model` if set."""
+    client, _ = mlflow_client(plan)
+    with tempfile.TemporaryDirectory() as tmp:
+        client.log_artifacts(run_id, str(save_pyfunc(result, cfg, Path(tmp) / "model")), "model")
+    name = plan.settings.register_model
+    if name:
+        with contextlib.suppress(MlflowException):  # registered by an earlier sweep
+            client.create_registered_model(name)
+        source = f"{client.get_run(run_id).info.artifact_uri}/model"
+        version = client.create_model_version(name, source, run_id=run_id)
+        print(
+            f"registered as model '{name}' version {version.version}: models:/{name}/{version.version}"
+        )
 
 
 def write_trials_csv(trials: list[optuna.trial.FrozenTrial], path: Path) -> None:

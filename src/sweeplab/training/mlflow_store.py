@@ -2,11 +2,12 @@
 that does it while training goes on.
 
     store = RunStore()
-    run_id = store.apply(("start", key, spec))       # spec: uri, experiment, run_name, tags,
-                                                      # params, config_yaml
+    run_id = store.apply(("start", key, spec))       # spec: uri, experiment, run_name,
+                                                      # start_time, tags, params, config_yaml
     store.apply(("metrics", key, rows))               # rows of (name, value, timestamp, step)
     store.apply(("artifacts", key, files, pictures))  # files by name; picture data to draw
-    store.apply(("end", key, "FINISHED", None, None)) # status, failure reason, traceback
+    store.apply(("end", key, "FINISHED", None, None, end_ms))  # status, failure reason,
+                                                      # traceback, end time (None = now)
 
 The training process never imports this module: it sends the messages through
 `mlflow_helper.Helper` to `python -m sweeplab.training.mlflow_store READ_FD WRITE_FD`, this
@@ -137,7 +138,9 @@ class RunStore:
         flat dict) and config_yaml (logged as config.yaml)."""
         client, experiment_id = connect(spec["uri"], spec["experiment"], spec["output"])
         fast_sqlite(client)
-        created = client.create_run(experiment_id, tags=spec["tags"], run_name=spec["run_name"])
+        created = client.create_run(  # the run's times are its sender's: the helper may write late
+            experiment_id, spec.get("start_time"), spec["tags"], spec["run_name"]
+        )
         run_id = created.info.run_id
         self.runs[key] = (spec["uri"], run_id)
         self.open.add(key)
@@ -176,7 +179,14 @@ class RunStore:
             if any(folder.iterdir()):
                 client.log_artifacts(run_id, str(folder))
 
-    def end(self, key: str, status: str, reason: str | None, traceback_text: str | None) -> None:
+    def end(
+        self,
+        key: str,
+        status: str,
+        reason: str | None,
+        traceback_text: str | None,
+        end_time: int | None = None,
+    ) -> None:
         if key not in self.runs:  # its start failed: there is nothing to end
             return
         client, run_id = self._client(key)
@@ -184,7 +194,7 @@ class RunStore:
             client.log_text(run_id, traceback_text, "traceback.txt")
         if reason:
             client.set_tag(run_id, "failure_reason", reason[:5000])
-        client.set_terminated(run_id, status)
+        client.set_terminated(run_id, status, end_time)
         self.open.discard(key)
 
     def end_open_runs(self, status: str, reason: str) -> None:

@@ -63,7 +63,8 @@ def default_run_name(cfg: Config) -> str:
 
 
 def run_spec(cfg: Config, parent_run_id: str | None, tags: dict[str, str] | None) -> dict:
-    """What the helper creates the run with: its store, name, tags, params and config."""
+    """What the helper creates the run with: its store, name, start time (now), tags, params and
+    config."""
     all_tags = {"dataset": cfg.data.name, "seed": str(cfg.seed), **environment_tags()}
     all_tags |= cfg.tracking.tags | (tags or {})
     if commit := git_commit():
@@ -76,6 +77,7 @@ def run_spec(cfg: Config, parent_run_id: str | None, tags: dict[str, str] | None
         "experiment": cfg.tracking.experiment,
         "output": str(output_dir()),
         "run_name": cfg.tracking.run_name or default_run_name(cfg),
+        "start_time": int(time.time() * 1000),
         "tags": all_tags,
         "params": params,
         "config_yaml": to_yaml(cfg),
@@ -187,7 +189,8 @@ class TrackedRun(Callback):
         """End the run with `status`; with `wait`, return once all of it is in the store (a
         stack's runs do not wait each: their worker syncs once)."""
         self._hand_over()
-        self.helper.send(("end", self.key, status, reason, traceback_text))
+        now = int(time.time() * 1000)
+        self.helper.send(("end", self.key, status, reason, traceback_text, now))
         if wait:
             self.helper.sync()
 
