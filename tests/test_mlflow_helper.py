@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from sweeplab.config import output_dir
 from sweeplab.training import tracking
 from sweeplab.training.mlflow_helper import STORE_MODULE, Helper, shared_helper
-from sweeplab.training.mlflow_store import ORPHANED
+from sweeplab.training.mlflow_store import ORPHANED, as_logged
 from sweeplab.training.tracking import train_and_track
 
 
@@ -203,7 +203,7 @@ def test_training_run_logs_every_epoch_either_way(make_config, client, backgroun
     history = client.get_metric_history(run_id, "train/loss")
     assert sorted(m.step for m in history) == list(range(1, 41))
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == [
-        h["train/loss"] for h in result.history
+        as_logged(h["train/loss"]) for h in result.history
     ]
     assert client.get_run(run_id).info.status == "FINISHED"
     assert shared_helper(background).sent - before >= 40  # start, 40 hand-overs at least, end

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from sweeplab.config import to_config
 from sweeplab.sweep.storage import make_storage
 from sweeplab.training import trainer
+from sweeplab.training.mlflow_store import as_logged
 
 from .conftest import run_cli
 from .test_sweep import SMALL, children, sweep_in_background, write_sweep_file
@@ -394,6 +395,6 @@ def test_a_killed_trial_resumes_from_its_checkpoint_as_if_never_killed(
     assert [retry.intermediate_values[e] for e in range(1, 1501)] == expected  # pruner's view
     logged = client.get_metric_history(run.info.run_id, "val/loss")
     assert [m.value for m in sorted(logged, key=lambda m: m.step)] == [
-        epoch["val/loss"] for epoch in uninterrupted.history
+        as_logged(epoch["val/loss"]) for epoch in uninterrupted.history
     ]
     assert retry.value == uninterrupted.metrics["val/acc"]

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeplab.provenance import git_commit
 from sweeplab.stores import ui_link
+from sweeplab.training.mlflow_store import as_logged
 from sweeplab.training.tracking import param_text, train_and_track
 from sweeplab.training.trainer import Callback, DivergenceError
 
@@ -71,7 +72,9 @@ def test_run_logs_params_metrics_tags_and_artifacts(make_config, mlflow_uri):
     assert (run.info.end_time - run.info.start_time) / 1000 >= trained_s
     history = client.get_metric_history(run_id, "val/acc")
     assert [m.step for m in history] == [1, 2, 3]
-    assert [m.value for m in history] == [h["val/acc"] for h in result.history]
+    # as float32 reads them: 0.41, not 0.4099999964237213 (the UI shows every digit)
+    assert [m.value for m in history] == [as_logged(h["val/acc"]) for h in result.history]
+    assert all(len(repr(m.value)) <= 12 for m in history)
     for key in ("train/loss", "train/acc", "val/loss", "time/epoch_s"):
         assert len(client.get_metric_history(run_id, key)) == 3
     assert run.data.metrics["test/acc"] == pytest.approx(result.metrics["test/acc"])
@@ -203,7 +206,9 @@ def test_every_nth_epoch_is_logged_and_always_the_last(make_config, mlflow_uri):
     result, run_id = train_and_track(make_config("trainer.epochs=7", *every_3))
     history = client.get_metric_history(run_id, "val/acc")
     assert [m.step for m in history] == [3, 6, 7]
-    assert [m.value for m in history] == [result.history[i - 1]["val/acc"] for i in (3, 6, 7)]
+    assert [m.value for m in history] == [
+        as_logged(result.history[i - 1]["val/acc"]) for i in (3, 6, 7)
+    ]
     with pytest.raises(RuntimeError, match="epoch 5"):
         train_and_track(
             make_config("trainer.epochs=7", "tracking.run_name=stops", *every_3),

@@ -26,6 +26,7 @@ import fcntl
 import functools
 import gc
 import logging
+import math
 import os
 import re
 import sys
@@ -35,6 +36,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy
 from mlflow.entities import Metric, Param, RunInfo, RunTag
 from mlflow.exceptions import MlflowException
@@ -157,6 +159,7 @@ class RunStore:
 
     def metrics(self, key: str, rows: list[tuple[str, float, int, int]]) -> None:
         client, run_id = self._client(key)
+        rows = [(name, as_logged(value), *rest) for name, value, *rest in rows]
         if not log_metrics_bulk(client, run_id, rows):
             for i in range(0, len(rows), MAX_METRICS):
                 batch = [Metric(*row) for row in rows[i : i + MAX_METRICS]]
@@ -200,6 +203,16 @@ class RunStore:
     def end_open_runs(self, status: str, reason: str) -> None:
         for key in list(self.open):
             self.end(key, status, reason, None)
+
+
+def as_logged(value: float) -> float:
+    """A metric as the store keeps it: a fraction as the shortest decimal that reads back as the
+    same float32 (0.41, not 0.4099999964237213: the metrics are float32 computations, and the UI
+    shows every digit it is given); whole numbers and NaN as they are."""
+    value = float(value)
+    if not math.isfinite(value) or value.is_integer():
+        return value
+    return float(str(np.float32(value)))
 
 
 def log_text(client: MlflowClient, run: RunInfo, text: str, name: str) -> None:
