@@ -11,6 +11,7 @@ browser with apt as root; playwright comes with the `dev` extra).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -166,39 +167,28 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, chromium):
     }
 
 
-@pytest.fixture(scope="module")
-def ui(sweep) -> str:
-    """`mlflow ui` on the sweep's store, on a free port of 127.0.0.1; its base URL."""
-    port = free_port()
-    log = open(Path(tempfile.mkdtemp(prefix="sweeplab-mlflow-ui-")) / "log", "w+")
+@contextlib.contextmanager
+def serving(command: list[str], base: str, health: str):
+    """`command` (a web server) running until the block ends, once `base + health` answers."""
+    log = open(Path(tempfile.mkdtemp(prefix="sweeplab-server-")) / "log", "w+")
     server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("mlflow")),
-            "ui",
-            "--backend-store-uri",
-            sweep["uri"],
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        command,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its workers are stopped with it, as a group
     )
-    base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
         while True:
             try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as answer:
+                with urllib.request.urlopen(f"{base}{health}", timeout=2) as answer:
                     if answer.status == 200:
                         break
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
                 log.seek(0)
-                pytest.fail(f"mlflow ui did not answer on {base}:\n{log.read()[-2000:]}")
+                pytest.fail(f"{command[0]} did not answer on {base}:\n{log.read()[-2000:]}")
             time.sleep(0.5)
         yield base
     finally:
@@ -210,6 +200,16 @@ def ui(sweep) -> str:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def ui(sweep) -> str:
+    """`mlflow ui` on the sweep's store, on a free port of 127.0.0.1; its base URL."""
+    port = free_port()
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    command = [mlflow, "ui", "--backend-store-uri", sweep["uri"], "--host", "127.0.0.1"]
+    with serving([*command, "--port", str(port)], f"http://127.0.0.1:{port}", "/health") as base:
+        yield base
 
 
 # -- reading the UI -------------------------------------------------------------------------------
@@ -241,10 +241,14 @@ def column(kind: str, key: str) -> str:
     return f"{kind}.`{key}`"
 
 
-def open_runs_table(page, ui: str, experiment_id: str, columns: list[str]) -> list[dict]:
-    """The experiment's runs table (in the UI's 'Model training' mode), with `columns` added
-    through its Columns menu and the parent expanded; its rows, read by READ_TABLE."""
-    page.goto(f"{ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+def open_runs_table(page, ui: str, sweep: dict, columns: list[str]) -> list[dict]:
+    """The experiment's runs table, opened by the link the sweep printed (which shows it in the
+    UI's 'Model training' mode), with `columns` added through its Columns menu and the parent
+    expanded; its rows, read by READ_TABLE."""
+    path = f"/#/experiments/{sweep['experiment_id']}/runs?workflowType=machine_learning"
+    printed = re.search(r"its runs table: +http://127\.0\.0\.1:5000(\S+)", sweep["stdout"])
+    assert printed and printed.group(1) == path, f"the sweep printed no runs-table link {path}"
+    page.goto(f"{ui}{path}")
     page.locator(".ag-row").first.wait_for()
     close_assistant(page)
     page.get_by_role("button", name="Columns", exact=True).click()
@@ -308,7 +312,7 @@ def by_run(rows: list[dict]) -> dict[str, dict]:
 def test_runs_table_lists_the_parent_and_children_with_state_and_val_acc(
     sweep, ui, page, screenshots
 ):
-    rows = open_runs_table(page, ui, sweep["experiment_id"], ["val/acc", "optimizer.lr"])
+    rows = open_runs_table(page, ui, sweep, ["val/acc", "optimizer.lr"])
     page.screenshot(path=screenshots / "runs_table.png")
     shown = by_run(rows)
     parent, children = sweep["parent"], sweep["children"]
@@ -395,7 +399,7 @@ def test_sweep_prints_the_parent_run_url_and_it_opens_the_parent(sweep, ui, page
 
 
 def test_float_params_read_with_four_significant_digits_and_exponent(sweep, ui, page):
-    rows = open_runs_table(page, ui, sweep["experiment_id"], ["optimizer.lr"])
+    rows = open_runs_table(page, ui, sweep, ["optimizer.lr"])
     shown = by_run(rows)
     lr = column("params", "optimizer.lr")
     for child in sweep["children"]:
@@ -415,7 +419,7 @@ def test_trial_names_say_which_trial_and_where_it_was_pruned(sweep, ui, page):
         t.number: max(t.intermediate_values) for t in study.trials if t.state.name == "PRUNED"
     }
     assert pruned, "the sweep pruned no trial: this test needs one (change the space or pruner)"
-    shown = by_run(open_runs_table(page, ui, sweep["experiment_id"], []))
+    shown = by_run(open_runs_table(page, ui, sweep, []))
     for child in sweep["children"]:
         number = int(child.data.tags["optuna.trial"])
         name = shown[child.info.run_id]["cells"].get(NAME, "").splitlines()[-1]
@@ -440,3 +444,19 @@ def test_best_trial_pictures_load(sweep, ui, page, screenshots):
             f"the best trial's {picture} does not load: its run's artifacts are {artifacts}; "
             f"the viewer shows {page_text(page, 300)}"
         )
+
+
+def test_optuna_dashboard_names_the_objective(sweep, page, screenshots):
+    """`make dashboard`'s optuna-dashboard on the sweep's journal: its plots say val/acc, not
+    "Objective 0" (the study's metric names)."""
+    port = free_port()
+    dashboard = str(Path(sys.executable).with_name("optuna-dashboard"))
+    journal = sweep["folder"] / "outputs" / "optuna" / f"{STUDY}.journal"
+    command = [dashboard, "--host", "127.0.0.1", "--port", str(port), str(journal)]
+    with serving(command, f"http://127.0.0.1:{port}", "/api/studies") as base:
+        with urllib.request.urlopen(f"{base}/api/studies/0?after=0", timeout=10) as answer:
+            study = json.load(answer)
+        assert study["name"] == STUDY and study["objective_names"] == ["val/acc"]
+        page.goto(f"{base}/dashboard/studies/0")
+        page.get_by_text("val/acc").first.wait_for()
+        page.screenshot(path=screenshots / "optuna_dashboard.png")

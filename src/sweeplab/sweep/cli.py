@@ -42,7 +42,8 @@ def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
     uri = store_uri(plan.tracking)
     if summary.parent_run_id is not None:
         link = ui_link(uri, summary.parent_run_id, summary.experiment_id)
-        print(f"the sweep in MLflow: {link}  (its trials nested; `make ui` serves a local store)")
+        print(f"the sweep in MLflow: {link}  (`make ui` serves a local store)")
+        print(f"its runs table:      {ui_link(uri, None, summary.experiment_id)}")
     if summary.best_value is None:
         print("no trial completed")
         return
