@@ -79,7 +79,9 @@ def test_run_logs_params_metrics_tags_and_artifacts(make_config, mlflow_uri):
         assert len(client.get_metric_history(run_id, key)) == 3
     assert run.data.metrics["test/acc"] == pytest.approx(result.metrics["test/acc"])
     assert run.data.tags["dataset"] == "synthetic"
-    assert run.data.tags["seed"] == "5"
+    assert "seed" not in run.data.tags  # a param already: one name, one meaning
+    assert run.data.tags["mlflow.source.name"] == "python -m pytest"  # the UI's "Source"
+    assert run.data.tags["mlflow.user"]  # its "Created by"
     assert (
         run.data.tags.get("mlflow.source.git.commit") == git_commit()
     )  # None before a first commit

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import getpass
 import os
 import platform
 import subprocess
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -39,6 +41,23 @@ def git_commit() -> str | None:
     if head.returncode != 0:
         return None
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def source_tags() -> dict[str, str]:
+    """Where the MLflow UI looks for a run's source and author ("Source", "Created by", the git
+    commit), which MlflowClient.create_run leaves empty: the command's module, the user."""
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)  # None: a script, not `python -m`
+    module = spec.name.removesuffix(".__main__") if spec else Path(sys.argv[0]).name
+    tags = {
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": f"python -m {module}" if spec else module,
+    }
+    with contextlib.suppress(KeyError, OSError):  # a container's user without a name
+        tags["mlflow.user"] = getpass.getuser()
+    if commit := git_commit():
+        tags["mlflow.source.git.commit"] = commit
+    return tags
 
 
 @functools.lru_cache(maxsize=1)

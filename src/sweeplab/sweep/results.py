@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 
 from sweeplab.config import Config, ConfigError, SweepConfig, output_dir, store_uri, to_yaml
 from sweeplab.figures import IMPORTING_MATPLOTLIB, pyplot
+from sweeplab.provenance import source_tags
 from sweeplab.redaction import without_secrets
 from sweeplab.serving import save_pyfunc
 from sweeplab.sweep.plan import SweepPlan, compose_trial
@@ -63,7 +64,7 @@ def find_or_create_parent(plan: SweepPlan, study: optuna.Study) -> str:
     created = client.create_run(
         experiment_id,
         run_name=f"sweep-{plan.study_name}",
-        tags={"sweeplab.role": "study", "optuna.study": plan.study_name},
+        tags={"sweeplab.role": "study", "optuna.study": plan.study_name, **source_tags()},
     )
     run_id = created.info.run_id
     params = {f"sweep.{k}": v for k, v in to_flat_dict_sweep(plan.settings).items()}

@@ -30,7 +30,7 @@ import torch
 
 from sweeplab.config import Config, output_dir, store_uri, to_flat_dict, to_yaml
 from sweeplab.phases import mark_phase
-from sweeplab.provenance import environment_tags, git_commit
+from sweeplab.provenance import environment_tags, source_tags
 from sweeplab.runtime import INTERRUPTED
 from sweeplab.training import trainer
 from sweeplab.training.checkpoint import TrainState
@@ -65,10 +65,8 @@ def default_run_name(cfg: Config) -> str:
 def run_spec(cfg: Config, parent_run_id: str | None, tags: dict[str, str] | None) -> dict:
     """What the helper creates the run with: its store, name, start time (now), tags, params and
     config."""
-    all_tags = {"dataset": cfg.data.name, "seed": str(cfg.seed), **environment_tags()}
+    all_tags = {"dataset": cfg.data.name, **environment_tags(), **source_tags()}
     all_tags |= cfg.tracking.tags | (tags or {})
-    if commit := git_commit():
-        all_tags["mlflow.source.git.commit"] = commit
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     params = {key: param_text(value) for key, value in to_flat_dict(cfg).items() if key != "sweep"}
