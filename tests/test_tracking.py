@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeplab.provenance import git_commit
 from sweeplab.stores import ui_link
+from sweeplab.training.mlflow_helper import shared_helper
 from sweeplab.training.mlflow_store import as_logged
 from sweeplab.training.tracking import param_text, train_and_track
 from sweeplab.training.trainer import Callback, DivergenceError
@@ -228,3 +230,28 @@ def test_log_every_n_epochs_must_be_positive(make_config):
 
     with pytest.raises(ConfigError, match="tracking.log_every_n_epochs=0"):
         make_config("tracking.log_every_n_epochs=0")
+
+
+class WaitsForTheStore(Callback):
+    """After the first epoch: until the helper has made the run, then `seconds` of 'training'."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_epoch_end(self, epoch, metrics):
+        if epoch == 1:
+            shared_helper().sync()
+            time.sleep(self.seconds)
+
+
+def test_system_metrics_are_sampled_while_the_run_trains(make_config, mlflow_uri):
+    cfg = make_config("trainer.epochs=3", "tracking.system_metrics=true")
+    _, run_id = train_and_track(cfg, callbacks=(WaitsForTheStore(2.5),))
+    client = MlflowClient(mlflow_uri)
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["system/cpu_utilization_percentage"] >= 0
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+    assert len(client.get_metric_history(run_id, "system/cpu_utilization_percentage")) >= 2
+    # and none without it
+    _, plain = train_and_track(make_config("trainer.epochs=3"))
+    assert not any(k.startswith("system/") for k in client.get_run(plain).data.metrics)

@@ -277,6 +277,9 @@ class TrackingConfig:
     log_plots: bool = True  # learning curves, decision region, hidden units, MNIST pictures
     log_model: bool = True  # the trained state_dict
     tags: dict[str, str] = field(default_factory=dict)  # more tags on the run (best.yaml's rerun)
+    # the machine's CPU, memory, disk and network as system/* metrics while the run trains
+    # (MLflow's monitor, in the helper process: a sample a second, from the run's start there)
+    system_metrics: bool = False
     # metrics of every Nth epoch (and of the last one) go to MLflow; 1 = every epoch
     log_every_n_epochs: int = 1
     # the run (params, metrics, pictures, model, end state) is written to MLflow by a helper

@@ -42,6 +42,7 @@ from mlflow.entities import Metric, Param, RunInfo, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow.utils.uri import is_local_uri
@@ -55,6 +56,7 @@ MAX_BATCH = 100  # MLflow's limit of params or tags per log_batch call
 MAX_METRICS = 1000  # MLflow's limit of metrics per log_batch call
 MAX_PARAM_CHARS = 6000  # MLflow's limit of a param value's length
 ORPHANED = "the training process ended without ending this run (killed?)"
+SYSTEM_METRICS_EVERY_S = 1.0  # tracking.system_metrics: a sample a second (MLflow: 10 s)
 
 # MLflow's SQL store logs every database error with its traceback, then raises it: the raised
 # error reaches the run's owner; the log put hundreds of lines per write on a full disk
@@ -115,6 +117,7 @@ class RunStore:
     def __init__(self) -> None:
         self.runs: dict[str, tuple[str, str]] = {}  # key -> (uri, run id)
         self.open: set[str] = set()  # keys of runs started and not ended
+        self.monitors: dict[str, SystemMetricsMonitor] = {}  # key -> its system metrics' thread
         self._clients: dict[str, MlflowClient] = {}
 
     def adopt(self, key: str, uri: str, run_id: str, ends_here: bool = True) -> None:
@@ -154,6 +157,12 @@ class RunStore:
                 client.log_batch(run_id, params=params[i : i + MAX_BATCH])
         if spec.get("config_yaml"):
             log_text(client, created.info, spec["config_yaml"], "config.yaml")
+        if spec.get("system_metrics"):  # the machine's, sampled here while the run trains
+            monitor = SystemMetricsMonitor(
+                run_id, SYSTEM_METRICS_EVERY_S, samples_before_logging=1, tracking_uri=spec["uri"]
+            )
+            monitor.start()
+            self.monitors[key] = monitor
         mark_phase("helper: run created (params, tags, config)")
         return run_id
 
@@ -197,6 +206,8 @@ class RunStore:
             client.log_text(run_id, traceback_text, "traceback.txt")
         if reason:
             client.set_tag(run_id, "failure_reason", reason[:5000])
+        if (monitor := self.monitors.pop(key, None)) is not None:
+            monitor.finish()
         client.set_terminated(run_id, status, end_time)
         self.open.discard(key)
 

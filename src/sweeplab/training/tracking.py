@@ -79,6 +79,7 @@ def run_spec(cfg: Config, parent_run_id: str | None, tags: dict[str, str] | None
         "tags": all_tags,
         "params": params,
         "config_yaml": to_yaml(cfg),
+        "system_metrics": cfg.tracking.system_metrics,
     }
 
 
