@@ -115,12 +115,12 @@ def draw_confusion_matrix(classes: dict[str, Any], path: Path) -> Path:
     k = classes["n_classes"]
     counts = np.zeros((k, k), dtype=np.int64)
     np.add.at(counts, (classes["true"], classes["predicted"]), 1)
-    fig, ax = plt.subplots(figsize=(0.6 * k + 2.5, 0.6 * k + 1.8))
+    fig, ax = plt.subplots(figsize=(0.75 * k + 2.5, 0.75 * k + 1.8))  # counts readable in the UI
     image = ax.imshow(counts, cmap="Blues")
     for (i, j), n in np.ndenumerate(counts):
         if n:
             color = "white" if n > counts.max() / 2 else "black"
-            ax.text(j, i, str(n), ha="center", va="center", fontsize=9, color=color)
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=11, color=color)
     ax.set_xticks(range(k))
     ax.set_yticks(range(k))
     ax.set_xlabel("predicted")
