@@ -106,6 +106,12 @@ def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri, monkeypa
     parent = client.get_run(summary.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["space.model.d_hidden"] == "int(interval(1, 32))"
+    # one name, one meaning: the resolved objective, the best value a tag apart from the metric
+    assert (
+        parent.data.params["sweep.objective"] == "val/acc" and "objective" not in parent.data.params
+    )
+    assert parent.data.tags["best_trial_value"] == f"{study.best_value:.6g}"
+    assert "best_value" not in parent.data.tags
     runs = children(mlflow_uri, summary.parent_run_id)
     assert len(runs) == 5
     by_trial = {int(r.data.tags["optuna.trial"]): r for r in runs}

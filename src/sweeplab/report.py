@@ -384,7 +384,9 @@ def section_sweep(page: Page, spec: dict[str, Any]) -> None:
     parent, trials = store.latest_study(spec["experiment"])
     page.runs.append(parent)
     tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
-    objective = params.get("objective", "val/acc")
+    # sweep.objective is resolved since issue 17; older parents: `objective`, sweep.objective None
+    named = [params.get("sweep.objective"), params.get("objective")]
+    objective = next((name for name in named if name not in (None, "None")), "val/acc")
     counts = {  # the study logs a count only for the states its trials are in
         state: int(metrics.get(f"trials/{state}", 0)) for state in ("complete", "pruned", "fail")
     }
@@ -416,7 +418,10 @@ def section_sweep(page: Page, spec: dict[str, Any]) -> None:
             ", ".join(f"{n} {state}" for state, n in counts.items()).replace("fail", "failed"),
         ],
         ["wall time of the sweep", sweep_wall_time(parent)],
-        [f"best {objective}", _metric(objective, tags.get("best_value"))],
+        [
+            f"best {objective}",
+            _metric(objective, tags.get("best_trial_value", tags.get("best_value"))),
+        ],
         ["its test accuracy", pct(test_acc)],
     ]
     if best is not None:

@@ -69,8 +69,8 @@ def find_or_create_parent(plan: SweepPlan, study: optuna.Study) -> str:
     run_id = created.info.run_id
     params = {f"sweep.{k}": v for k, v in to_flat_dict_sweep(plan.settings).items()}
     params |= {f"space.{k}": v for k, v in plan.space.expressions.items()}
+    params["sweep.objective"] = plan.objective  # resolved (`optimized_metric`, val/acc)
     params |= {
-        "objective": plan.objective,
         "storage": plan.storage,
         "overrides": " ".join(plan.overrides),
     }
@@ -171,7 +171,8 @@ def report(
         }
         for key, value in {
             "best_trial": str(best.number),
-            "best_value": f"{best.value:.6g}",
+            # not "best_value": that is the metric of the best so far, by trial number
+            "best_trial_value": f"{best.value:.6g}",
             "best_run_id": str(summary.best_run_id),
         }.items():
             client.set_tag(parent_run_id, key, value)
