@@ -313,6 +313,11 @@ class SweepConfig:
     # into the trial's own run (trials log none: they cost more than a small network's training)
     best_pictures: bool = True
     register_model: str | None = None  # a Model Registry name for the best trial's model
+    # stop early: once a trial reaches `target`, or when `patience` finished trials in a row have
+    # not improved the best by more than `min_delta` (0 = off)
+    target: float | None = None
+    patience: int = 0
+    min_delta: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)  # key -> sweep expression
 
 
@@ -568,6 +573,8 @@ def _check_sweep(sweep: SweepConfig, cfg: Config) -> None:
     )
     _require(sweep.stack >= 0, "sweep.stack", sweep.stack, "must be >= 0 (0 = as many as pay)")
     _require(sweep.repeats >= 1, "sweep.repeats", sweep.repeats, "must be >= 1")
+    _require(sweep.patience >= 0, "sweep.patience", sweep.patience, "must be >= 0 (0 = off)")
+    _require(sweep.min_delta >= 0, "sweep.min_delta", sweep.min_delta, "must be >= 0")
     _require(
         0 <= sweep.max_failure_rate <= 1,
         "sweep.max_failure_rate",

@@ -32,6 +32,7 @@ from sweeplab.runtime import INTERRUPTED, stopping
 from sweeplab.sweep import stacking
 from sweeplab.sweep.plan import SweepPlan, compose_trial, compose_trials
 from sweeplab.sweep.space import describe, extremes, suggest, to_overrides
+from sweeplab.sweep.stopping import plateau
 from sweeplab.sweep.storage import (
     STOPPED_BY,
     BudgetLock,
@@ -144,7 +145,8 @@ class Worker:
         return self.plan.settings.n_trials - used
 
     def stop_reason(self, deadline: float | None) -> str | None:
-        """Why no further trial may start (budget, failures, timeout), or None."""
+        """Why no further trial may start (budget, failures, timeout, a target or a plateau), or
+        None."""
         trials = self.study.get_trials(deepcopy=False)  # (read once: a query on a database)
         count = self.count(trials)
         used = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
@@ -173,7 +175,7 @@ class Worker:
             )
         if deadline is not None and time.time() >= deadline:
             return f"sweep.timeout={self.plan.settings.timeout}s reached"
-        return None
+        return plateau(trials, self.plan.settings, self.plan.objective)
 
     def reconcile(self) -> None:
         """Fail (and retry once) trials whose process died, Optuna's heartbeat does it for RDBs;

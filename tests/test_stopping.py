@@ -1,0 +1,84 @@
+"""A whole study stops on a target or a plateau: the rule on Optuna's own trials, and a sweep."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from sweeplab.config import SweepConfig
+from sweeplab.sweep.stopping import plateau
+
+from .test_sweep import load, plan_and_run, sweep_overrides
+
+START = datetime.datetime(2026, 11, 30)
+
+
+def finished(values, order=None):
+    """Trials with these values (None: pruned), finishing in `order` (default: as numbered)."""
+    order = order or range(len(values))
+    trials = []
+    for rank, number in enumerate(order):
+        value = values[number]
+        trial = create_trial(
+            state=TrialState.PRUNED if value is None else TrialState.COMPLETE,
+            value=value,
+            params={"x": 0.5},
+            distributions={"x": FloatDistribution(0, 1)},
+        )
+        trial.number = number
+        trial.datetime_complete = START + datetime.timedelta(seconds=rank)
+        trials.append(trial)
+    return trials
+
+
+@pytest.mark.parametrize(
+    ("values", "settings", "stops"),
+    [
+        ([0.5, 0.6, 0.6, 0.6], {"patience": 2}, True),  # two finished without a gain
+        ([0.5, 0.6, 0.6, 0.7], {"patience": 2}, False),  # the last one improved
+        ([0.5, 0.6, None, None], {"patience": 2}, True),  # pruned trials improve nothing
+        ([0.5, 0.6, 0.605, 0.608], {"patience": 2, "min_delta": 0.01}, True),  # too small a gain
+        ([0.5, 0.6, 0.605, 0.608], {"patience": 2}, False),
+        ([0.5, 0.6, 0.6, 0.6], {}, False),  # patience 0: off
+        ([0.5, 0.91, 0.6], {"target": 0.9}, True),
+        ([0.5, 0.89, 0.6], {"target": 0.9}, False),
+        ([0.5, 0.3, 0.4], {"target": 0.35, "direction": "minimize"}, True),  # a loss: below it
+        ([0.5, 0.4, 0.45], {"patience": 1, "direction": "minimize"}, True),
+    ],
+)
+def test_a_study_stops_on_its_target_or_a_plateau(values, settings, stops):
+    assert (plateau(finished(values), SweepConfig(**settings), "val/acc") is not None) == stops
+
+
+def test_finished_trials_count_in_the_order_they_finished():
+    """Trial 3 finished first (workers): the best came last, so there is no plateau."""
+    values = [0.5, 0.5, 0.5, 0.9]
+    assert plateau(finished(values, order=[3, 0, 1, 2]), SweepConfig(patience=3), "v") is not None
+    assert plateau(finished(values, order=[0, 1, 2, 3]), SweepConfig(patience=3), "v") is None
+
+
+def test_the_reason_names_the_settings():
+    why = plateau(finished([0.5, 0.5, 0.5]), SweepConfig(patience=2, min_delta=0.01), "val/acc")
+    assert why == (
+        "a plateau: val/acc has not improved by more than sweep.min_delta=0.01 in the last 2 "
+        "finished trials (sweep.patience=2)"
+    )
+    why = plateau(finished([0.5, 0.95]), SweepConfig(target=0.9), "val/acc")
+    assert why == "sweep.target=0.9 reached by trial 1 (val/acc=0.95)"
+
+
+def test_a_sweep_stops_once_a_trial_reaches_its_target(mlflow_uri):
+    plan, summary = plan_and_run(
+        sweep_overrides(
+            mlflow_uri,
+            "sweep.n_trials=20",
+            "sweep.study_name=target",
+            "sweep.target=0.0",
+            "sweep.stack=1",  # (a stack's trials are claimed together: it stops after its stack)
+        )
+    )
+    assert summary.stop_reason.startswith("sweep.target=0 reached by trial")
+    assert len(load(plan).trials) < 20
