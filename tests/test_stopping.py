@@ -1,14 +1,16 @@
-"""A whole study stops on a target or a plateau: the rule on Optuna's own trials, and a sweep."""
+"""A study's start and end beyond its budget: known configurations queued first (once), and a
+whole study stopped on a target or a plateau."""
 
 from __future__ import annotations
 
 import datetime
+import re
 
 import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweeplab.config import SweepConfig
+from sweeplab.config import ConfigError, SweepConfig
 from sweeplab.sweep.stopping import plateau
 
 from .test_sweep import load, plan_and_run, sweep_overrides
@@ -82,3 +84,38 @@ def test_a_sweep_stops_once_a_trial_reaches_its_target(mlflow_uri):
     )
     assert summary.stop_reason.startswith("sweep.target=0 reached by trial")
     assert len(load(plan).trials) < 20
+
+
+KNOWN = ["sweep.enqueue=[{optimizer: adam, optimizer.lr: 0.01}, {model.d_hidden: 4}]"]
+
+
+def test_enqueued_configurations_run_first_and_once_across_a_resume(mlflow_uri):
+    args = sweep_overrides(mlflow_uri, "sweep.study_name=known", "sweep.stack=1", *KNOWN)
+    plan, _ = plan_and_run([*args, "sweep.n_trials=3"])
+    plan_and_run([*args, "sweep.n_trials=5"])  # the resume queues nothing again
+    trials = load(plan).trials
+    assert len(trials) == 5
+    first, second = trials[0].params, trials[1].params
+    assert (first["optimizer"], first["optimizer.lr"]) == ("adam", 0.01)
+    assert second["model.d_hidden"] == 4
+    assert [t.user_attrs.get("enqueued", False) for t in trials] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("enqueue", "message"),
+    [
+        ("[{model.width: 4}]", "sweep.enqueue[0].model.width: not a searched parameter"),
+        ("[{model.d_hidden: 400}]", "sweep.enqueue[0].model.d_hidden=400: outside its space"),
+        ("[{optimizer: lbfgs}]", "sweep.enqueue[0].optimizer='lbfgs': outside its space"),
+        ("[{}]", "sweep.enqueue[0]={}: must map searched parameters to their values"),
+    ],
+)
+def test_a_bad_enqueued_configuration_is_refused_before_any_trial(enqueue, message, mlflow_uri):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        plan_and_run(sweep_overrides(mlflow_uri, f"sweep.enqueue={enqueue}"))

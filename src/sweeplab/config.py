@@ -318,6 +318,9 @@ class SweepConfig:
     target: float | None = None
     patience: int = 0
     min_delta: float = 0.0
+    # configurations tried first, once per study (a resume does not queue them again): each a
+    # mapping of searched parameters to values; the sampler proposes the ones it leaves out
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)  # key -> sweep expression
 
 

@@ -29,7 +29,7 @@ from sweeplab.config import (
 )
 from sweeplab.redaction import without_secrets
 from sweeplab.sweep.sampling import make_pruner, make_sampler
-from sweeplab.sweep.space import SearchSpace, extremes, parse_space, to_overrides
+from sweeplab.sweep.space import SearchSpace, extremes, flatten_params, parse_space, to_overrides
 from sweeplab.training.stack.trainer import STACKABLE
 
 
@@ -105,6 +105,9 @@ def plan_sweep(
         ),
         tracking=cfg.tracking,
     )
+    settings.enqueue = [
+        checked_enqueued(plan, i, params) for i, params in enumerate(settings.enqueue)
+    ]
     if not check_trials:
         return plan
     for values in extremes(space):
@@ -113,6 +116,29 @@ def plan_sweep(
         except ConfigError as err:
             raise ConfigError(f"{err} (from sweep.params: {values})") from None
     return plan
+
+
+def checked_enqueued(plan: SweepPlan, index: int, params: Any) -> dict[str, Any]:
+    """`sweep.enqueue[index]` as dotted keys, each a searched parameter with a value in its
+    space; ConfigError otherwise."""
+    where = f"sweep.enqueue[{index}]"
+    if not isinstance(params, dict) or not params:
+        raise ConfigError(f"{where}={params!r}: must map searched parameters to their values")
+    params = flatten_params(params)
+    for key, value in params.items():
+        dist = plan.space.distributions.get(key)
+        if dist is None:
+            searched = ", ".join(plan.space.distributions)
+            raise ConfigError(f"{where}.{key}: not a searched parameter (searched: {searched})")
+        try:
+            inside = dist._contains(dist.to_internal_repr(value))
+        except (ValueError, TypeError):
+            inside = False
+        if not inside:
+            raise ConfigError(
+                f"{where}.{key}={value!r}: outside its space {plan.space.expressions[key]}"
+            )
+    return params
 
 
 def stackable(key: str) -> bool:

@@ -41,6 +41,7 @@ from sweeplab.sweep.storage import (
     BudgetLock,
     best_or_none,
     check_resumable,
+    enqueue_once,
     join_study,
     open_study,
 )
@@ -71,6 +72,7 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     with bootstrap:
         check_resumable(plan, study)
         join_study(plan, study)
+        enqueue_once(plan, study)
         parent_run_id = find_or_create_parent(plan, study)
     mark_phase("sweep: study and parent run ready")
     label = f"[w{index}] " if index else ""

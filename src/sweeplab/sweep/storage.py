@@ -367,6 +367,15 @@ def join_study(plan: SweepPlan, study: optuna.Study) -> int:
     return joined
 
 
+def enqueue_once(plan: SweepPlan, study: optuna.Study) -> None:
+    """`sweep.enqueue`'s configurations, queued on the study's first start only (call under the
+    study's lock): a resume, an extra worker or another machine does not queue them again."""
+    if plan.settings.enqueue and "sweeplab_enqueued" not in study.user_attrs:
+        for params in plan.settings.enqueue:
+            study.enqueue_trial(params, user_attrs={"enqueued": True})
+        study.set_user_attr("sweeplab_enqueued", len(plan.settings.enqueue))
+
+
 def _sampler(plan: SweepPlan, seed_offset: int) -> optuna.samplers.BaseSampler:
     spec = dict(plan.settings.sampler)
     if plan.workers > 1 and spec.get("name", "") == "tpe":
