@@ -6,14 +6,24 @@ from __future__ import annotations
 import datetime
 import re
 
+import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweeplab.config import ConfigError, SweepConfig
 from sweeplab.sweep.stopping import plateau
+from sweeplab.sweep.storage import WARM_FROM, make_storage
 
-from .test_sweep import load, plan_and_run, sweep_overrides
+from .conftest import run_cli
+from .test_sweep import (
+    NO_PICTURES,
+    SMALL,
+    load,
+    plan_and_run,
+    sweep_overrides,
+    write_sweep_file,
+)
 
 START = datetime.datetime(2026, 11, 30)
 
@@ -119,3 +129,36 @@ def test_enqueued_configurations_run_first_and_once_across_a_resume(mlflow_uri):
 def test_a_bad_enqueued_configuration_is_refused_before_any_trial(enqueue, message, mlflow_uri):
     with pytest.raises(ConfigError, match=re.escape(message)):
         plan_and_run(sweep_overrides(mlflow_uri, f"sweep.enqueue={enqueue}"))
+
+
+def test_warm_start_copies_the_compatible_trials_of_another_study_once(
+    mlflow_uri, tmp_path, _isolated_output
+):
+    first, _ = plan_and_run(
+        sweep_overrides(mlflow_uri, "sweep.study_name=wa", "sweep.n_trials=6", "sweep.stack=1")
+    )
+    earlier = {t.number: t for t in load(first).trials if t.state == TrialState.COMPLETE}
+    write_sweep_file(
+        tmp_path / "conf",
+        "wb",
+        {"study_name": "wb", "warm_start": "wa", "params/model.d_hidden": "int(interval(1, 16))"},
+    )
+    args = ["--config-dir", str(tmp_path / "conf"), "sweep=wb", *SMALL, NO_PICTURES]
+    args += [f"tracking.uri={mlflow_uri}", "sweep.stack=1"]
+    env = {"SWEEPLAB_OUTPUT": str(_isolated_output)}
+    said = []
+    for budget in (2, 3):  # then a resume: nothing is copied again
+        done = run_cli("sweeplab.sweep", *args, f"sweep.n_trials={budget}", env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        said.append(done.stderr)
+    journal = str(_isolated_output / "optuna" / "wb.journal")
+    trials = optuna.load_study(study_name="wb", storage=make_storage(journal)).trials
+    copied = [t for t in trials if WARM_FROM in t.user_attrs]
+    fits = {n: t for n, t in earlier.items() if t.params["model.d_hidden"] <= 16}
+    assert sorted(t.user_attrs[WARM_FROM] for t in copied) == sorted(f"wa trial {n}" for n in fits)
+    for t in copied:
+        source = fits[int(t.user_attrs[WARM_FROM].split()[-1])]
+        assert (t.params, t.value) == (source.params, source.value)
+    assert len(trials) - len(copied) == 3  # the budget is this study's own trials
+    assert f"warm start: {len(copied)} completed trials of study 'wa' copied in" in said[0]
+    assert "warm start" not in said[1]

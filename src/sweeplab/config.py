@@ -321,6 +321,9 @@ class SweepConfig:
     # configurations tried first, once per study (a resume does not queue them again): each a
     # mapping of searched parameters to values; the sampler proposes the ones it leaves out
     enqueue: list[dict[str, Any]] = field(default_factory=list)
+    # a study (in this sweep's database, or outputs/optuna/<name>.journal) whose completed trials
+    # in this space are copied in on the first start, so that the sampler starts informed
+    warm_start: str | None = None
     params: dict[str, Any] = field(default_factory=dict)  # key -> sweep expression
 
 

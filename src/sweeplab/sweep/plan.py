@@ -29,7 +29,14 @@ from sweeplab.config import (
 )
 from sweeplab.redaction import without_secrets
 from sweeplab.sweep.sampling import make_pruner, make_sampler
-from sweeplab.sweep.space import SearchSpace, extremes, flatten_params, parse_space, to_overrides
+from sweeplab.sweep.space import (
+    SearchSpace,
+    extremes,
+    flatten_params,
+    inside,
+    parse_space,
+    to_overrides,
+)
 from sweeplab.training.stack.trainer import STACKABLE
 
 
@@ -130,11 +137,7 @@ def checked_enqueued(plan: SweepPlan, index: int, params: Any) -> dict[str, Any]
         if dist is None:
             searched = ", ".join(plan.space.distributions)
             raise ConfigError(f"{where}.{key}: not a searched parameter (searched: {searched})")
-        try:
-            inside = dist._contains(dist.to_internal_repr(value))
-        except (ValueError, TypeError):
-            inside = False
-        if not inside:
+        if not inside(dist, value):
             raise ConfigError(
                 f"{where}.{key}={value!r}: outside its space {plan.space.expressions[key]}"
             )

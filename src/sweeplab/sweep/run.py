@@ -38,12 +38,14 @@ from sweeplab.sweep.results import (
     state_counts,
 )
 from sweeplab.sweep.storage import (
+    WARM_FROM,
     BudgetLock,
     best_or_none,
     check_resumable,
     enqueue_once,
     join_study,
     open_study,
+    warm_start_once,
 )
 from sweeplab.sweep.worker import MACHINE_FAILED, TOO_MANY_FAILED, Worker
 
@@ -73,6 +75,7 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
         check_resumable(plan, study)
         join_study(plan, study)
         enqueue_once(plan, study)
+        warm_start_once(plan, study)
         parent_run_id = find_or_create_parent(plan, study)
     mark_phase("sweep: study and parent run ready")
     label = f"[w{index}] " if index else ""
@@ -177,7 +180,8 @@ def _stopped_by_machine(
 
 
 def _used_budget(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return sum(WARM_FROM not in t.user_attrs for t in finished)
 
 
 def _progress(plan: SweepPlan, study: optuna.Study) -> tqdm | None:

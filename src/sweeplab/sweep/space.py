@@ -59,6 +59,14 @@ class SearchSpace:
         return grid
 
 
+def inside(dist: BaseDistribution, value: Any) -> bool:
+    """Whether `value` is one of the values `dist` can propose."""
+    try:
+        return dist._contains(dist.to_internal_repr(value))
+    except (ValueError, TypeError):  # e.g. a choice it does not have
+        return False
+
+
 def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """`{"model": {"d_hidden": "..."}}` and `{"model.d_hidden": "..."}` both give the dotted form."""
     flat = {}

@@ -40,6 +40,7 @@ from sweeplab.runtime import interrupts_deferred
 from sweeplab.stores import why
 from sweeplab.sweep.plan import SweepPlan
 from sweeplab.sweep.sampling import make_pruner, make_sampler
+from sweeplab.sweep.space import inside
 from sweeplab.training.mlflow_helper import shared_helper
 
 HEARTBEAT_S = 10  # RDB storages: a running trial's heartbeat period ...
@@ -49,6 +50,7 @@ ORPHAN_AFTER_S = 300  # journal: a running trial with no recorded worker this ol
 # a failed trial's user attr saying what stopped it when it was not its fault (Ctrl-C, a full
 # disk): such a trial is retried and does not count towards sweep.max_failure_rate
 STOPPED_BY = "stopped_by"
+WARM_FROM = "warm_start_from"  # a trial copied from another study (sweep.warm_start): its origin
 
 
 def is_rdb(storage: str) -> bool:
@@ -374,6 +376,54 @@ def enqueue_once(plan: SweepPlan, study: optuna.Study) -> None:
         for params in plan.settings.enqueue:
             study.enqueue_trial(params, user_attrs={"enqueued": True})
         study.set_user_attr("sweeplab_enqueued", len(plan.settings.enqueue))
+
+
+def warm_start_once(plan: SweepPlan, study: optuna.Study) -> int:
+    """On the study's first start (under its lock), copy in the completed trials of the study
+    `sweep.warm_start` (in this sweep's database, or the journal beside this one) whose
+    parameters lie in this space: the sampler starts informed. They use none of the budget and
+    have no MLflow run here (`WARM_FROM` names their origin). Returns how many were copied."""
+    name = plan.settings.warm_start
+    if not name or "sweeplab_warm_started" in study.user_attrs:
+        return 0
+    where = (
+        plan.storage
+        if is_rdb(plan.storage)
+        else str(Path(plan.storage).with_name(f"{name}.journal"))
+    )
+    try:
+        source = optuna.load_study(study_name=name, storage=make_storage(where))
+    except KeyError:
+        raise ConfigError(
+            f"sweep.warm_start={name!r}: no such study in {without_secrets(where)}"
+        ) from None
+    theirs = source.user_attrs.get("sweeplab_identity", {})
+    if (
+        source.direction != study.direction
+        or theirs.get("objective", plan.objective) != plan.objective
+    ):
+        raise ConfigError(
+            f"sweep.warm_start={name!r}: it {source.direction.name.lower()}s "
+            f"{theirs.get('objective')}, this sweep {plan.settings.direction}s {plan.objective}"
+        )
+    dists = plan.space.distributions
+    copied = 0
+    for trial in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if not all(key in dists and inside(dists[key], v) for key, v in trial.params.items()):
+            continue
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=trial.params,
+                distributions={key: dists[key] for key in trial.params},
+                value=trial.value,
+                intermediate_values=trial.intermediate_values,
+                user_attrs={WARM_FROM: f"{name} trial {trial.number}"},
+            )
+        )
+        copied += 1
+    study.set_user_attr("sweeplab_warm_started", copied)
+    print(f"warm start: {copied} completed trials of study {name!r} copied in", file=sys.stderr)
+    return copied
 
 
 def _sampler(plan: SweepPlan, seed_offset: int) -> optuna.samplers.BaseSampler:

@@ -35,6 +35,7 @@ from sweeplab.sweep.space import describe, extremes, suggest, to_overrides
 from sweeplab.sweep.stopping import plateau
 from sweeplab.sweep.storage import (
     STOPPED_BY,
+    WARM_FROM,
     BudgetLock,
     best_or_none,
     is_dead,
@@ -132,10 +133,11 @@ class Worker:
         return f"{self.plan.study_name}-trial-{number}-{worker_id()}"
 
     def count(self, trials: list[optuna.trial.FrozenTrial] | None = None) -> dict[TrialState, int]:
-        """How many of `trials` (default: the study's) are in each state."""
+        """How many of `trials` (default: the study's) are in each state; trials copied from
+        another study (sweep.warm_start) use none of the budget and are not counted."""
         count = {state: 0 for state in TrialState}
         for trial in self.study.get_trials(deepcopy=False) if trials is None else trials:
-            count[trial.state] += 1
+            count[trial.state] += WARM_FROM not in trial.user_attrs
         return count
 
     def room(self) -> int:
@@ -148,6 +150,7 @@ class Worker:
         """Why no further trial may start (budget, failures, timeout, a target or a plateau), or
         None."""
         trials = self.study.get_trials(deepcopy=False)  # (read once: a query on a database)
+        trials = [t for t in trials if WARM_FROM not in t.user_attrs]  # copied: not this budget's
         count = self.count(trials)
         used = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
         running = count[TrialState.RUNNING]
