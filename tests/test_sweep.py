@@ -112,6 +112,9 @@ def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri, monkeypa
     )
     assert parent.data.tags["best_trial_value"] == f"{study.best_value:.6g}"
     assert "best_value" not in parent.data.tags
+    assert parent.data.tags["mlflow.note.content"].startswith(
+        "Optuna study `e2e`: 5 complete trials (budget reached). The best val/acc is"
+    )
     runs = children(mlflow_uri, summary.parent_run_id)
     assert len(runs) == 5
     by_trial = {int(r.data.tags["optuna.trial"]): r for r in runs}

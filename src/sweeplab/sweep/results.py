@@ -34,11 +34,11 @@ from sweeplab.provenance import source_tags
 from sweeplab.redaction import without_secrets
 from sweeplab.serving import save_pyfunc
 from sweeplab.sweep.plan import SweepPlan, compose_trial
-from sweeplab.sweep.space import to_overrides
+from sweeplab.sweep.space import describe, to_overrides
 from sweeplab.sweep.storage import best_or_none, wait_for_orphaned_helpers
 from sweeplab.training.mlflow_helper import Helper
 from sweeplab.training.mlflow_store import MAX_BATCH, connect
-from sweeplab.training.tracking import TrackedRun, train
+from sweeplab.training.tracking import NOTE_TAG, TrackedRun, train
 from sweeplab.training.trainer import TrainResult
 
 
@@ -178,7 +178,23 @@ def report(
             client.set_tag(parent_run_id, key, value)
     for state, count in counts.items():
         client.log_metric(parent_run_id, f"trials/{state.lower()}", count)
+    client.set_tag(parent_run_id, NOTE_TAG, sweep_note(plan, summary))
     return summary
+
+
+def sweep_note(plan: SweepPlan, summary: SweepSummary) -> str:
+    """The parent run's description: the study's trials, its best, where its files are."""
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in summary.counts.items())
+    best = (
+        f" The best {plan.objective} is {summary.best_value:.4g} ({describe(summary.best_params)})."
+        if summary.best_value is not None
+        else ""
+    )
+    return (
+        f"Optuna study `{plan.study_name}`: {counts} trials ({summary.stop_reason}).{best} "
+        "Its trials are the nested runs; `optuna/` holds the study's plots, `best.yaml` reruns the "
+        "best trial with `python -m sweeplab.train --config-path <folder> --config-name best`."
+    )
 
 
 def rerun_config(plan: SweepPlan, trial: optuna.trial.FrozenTrial) -> Config:
