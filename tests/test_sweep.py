@@ -127,6 +127,7 @@ def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri, monkeypa
         # 4 significant digits: the UI's runs table cuts longer values before their exponent
         assert run.data.params["optimizer.lr"] == f"{trial.params['optimizer.lr']:.4g}"
         assert run.data.params["data.n_train"] == "200"  # the command line applies to every trial
+        assert "tracking.run_name" not in run.data.params  # the compare view would plot it
         assert run.data.metrics["epochs_run"] == trial.last_step
         assert (
             f"Trial {trial.number} of the Optuna study `e2e`"

@@ -45,6 +45,7 @@ WRITE_EVERY_S = 1.0  # or writes them itself (each call costs milliseconds on SQ
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 RUN_NAME_TAG = "mlflow.runName"  # set as a tag, it renames the run
 NOTE_TAG = "mlflow.note.content"  # the run's description on its page in the UI
+NOT_PARAMS = ("tracking.run_name", "tracking.tags")  # the run's name and tags say them
 GRID = 100  # points per axis of the plane pictures
 MAX_HIDDEN_SHOWN = 16  # hidden units drawn over the plane
 MAX_WEIGHTS_SHOWN = 100  # hidden units whose input weights are drawn as images
@@ -69,7 +70,11 @@ def run_spec(cfg: Config, parent_run_id: str | None, tags: dict[str, str] | None
     all_tags |= cfg.tracking.tags | (tags or {})
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
-    params = {key: param_text(value) for key, value in to_flat_dict(cfg).items() if key != "sweep"}
+    params = {  # not the run's name nor its tags again: the compare view plots what differs
+        key: param_text(value)
+        for key, value in to_flat_dict(cfg).items()
+        if key != "sweep" and not key.startswith(NOT_PARAMS)
+    }
     return {
         "uri": store_uri(cfg.tracking),
         "experiment": cfg.tracking.experiment,
