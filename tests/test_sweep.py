@@ -20,10 +20,9 @@ from optuna.trial import TrialState
 
 from sweeplab.config import CONF_DIR, ConfigError, register_configs
 from sweeplab.sweep import run as sweep_run
-from sweeplab.sweep.plan import plan_sweep
+from sweeplab.sweep.plan import plan_sweep, trial_run_name
 from sweeplab.sweep.run import run_sweep
 from sweeplab.sweep.storage import make_storage, quiet_experimental
-from sweeplab.sweep.worker import trial_run_name
 from sweeplab.training.data import load_dataset
 
 from .conftest import run_cli

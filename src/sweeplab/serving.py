@@ -56,9 +56,8 @@ def save_pyfunc(result: TrainResult, cfg: Config, folder: Path) -> Path:
             loader_module=__name__,
             data_path=str(files),
             signature=signature,
-            input_example=data.x_test[:3]
-            .cpu()
-            .numpy(),  # shown in the UI; MLflow loads and tries it
+            # shown in the UI; MLflow loads the model and tries it on these
+            input_example=data.x_test[:3].cpu().numpy(),
             # what loading needs, stated: MLflow's inference of them imports and scans packages
             pip_requirements=[f"sweeplab=={version('sweeplab')}", f"torch=={torch.__version__}"],
         )

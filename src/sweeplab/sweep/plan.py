@@ -14,6 +14,7 @@ from typing import Any
 from hydra import compose
 from hydra.errors import HydraException
 from omegaconf import DictConfig
+from optuna.trial import TrialState
 
 from sweeplab.config import (
     CONF_DIR,
@@ -193,3 +194,33 @@ def compose_trial(plan: SweepPlan, values: dict[str, Any]) -> Config:
         raise ConfigError(f"sweep.params: {str(err).splitlines()[0]}") from None
     cfg = to_config(composed)
     return replace(cfg, sweep=None, optimized_metric=None)
+
+
+def trial_run_name(study: str, number: int, state: TrialState, last_epoch: int | None) -> str:
+    """A trial's MLflow run name, which says how it ended: "mnist-trial-7",
+    "mnist-trial-7 (pruned at epoch 3)", "mnist-trial-7 (failed)"."""
+    name = f"{study}-trial-{number}"
+    if state == TrialState.PRUNED:
+        return f"{name} (pruned at epoch {last_epoch})" if last_epoch else f"{name} (pruned)"
+    if state == TrialState.COMPLETE:
+        return name
+    return f"{name} ({_ended(state)})"
+
+
+def _ended(state: TrialState) -> str:
+    return {TrialState.FAIL: "failed", TrialState.COMPLETE: "completed"}.get(
+        state, state.name.lower()
+    )
+
+
+def trial_note(
+    plan: SweepPlan, number: int, state: TrialState, last_epoch: int | None, value: float | None
+) -> str:
+    """A trial's MLflow run description: how it ended, and where its study's run is."""
+    epochs = f" after {last_epoch} epochs" if last_epoch else ""
+    result = f": {plan.objective}={value:.4g}" if value is not None else ""
+    return (
+        f"Trial {number} of the Optuna study `{plan.study_name}`, {_ended(state)}{epochs}"
+        f"{result}. Its parent run `sweep-{plan.study_name}` holds the study's plots, "
+        "trials.csv and best.yaml."
+    )

@@ -125,6 +125,7 @@ class SweepSummary:
     best_run_id: str | None = None
     best_test: dict[str, float] | None = None
     best_config_path: Path | None = None
+    best_config: Config | None = None  # the config that retrains the best trial (best.yaml)
     parent_run_id: str | None = None
     experiment_id: str | None = None  # the parent's and its trials' MLflow experiment
     wall_s: float = 0.0
@@ -162,7 +163,7 @@ def report(
             path = folder / "best.yaml"
             path.write_text(best_config_yaml(plan, best, cfg, folder))
             client.log_artifact(parent_run_id, str(path))
-            summary.best_config_path = path
+            summary.best_config_path, summary.best_config = path, cfg
         summary.best_value = best.value
         summary.best_params = dict(best.params)
         summary.best_run_id = best.user_attrs.get("mlflow_run_id")
@@ -212,15 +213,17 @@ def rerun_config(plan: SweepPlan, trial: optuna.trial.FrozenTrial) -> Config:
     return cfg
 
 
-def picture_best_trial(plan: SweepPlan, study: optuna.Study, helper: Helper) -> None:
+def picture_best_trial(
+    plan: SweepPlan, study: optuna.Study, helper: Helper, summary: SweepSummary
+) -> None:
     """The best trial's pictures, weights and MLflow model, into its own run: its config
-    retrained in this process (training is deterministic), tagged with the value the retraining
-    reached; the model registered as `sweep.register_model` where that is set."""
+    (`summary.best_config`) retrained in this process (training is deterministic), tagged with
+    the value the retraining reached; the model registered as `sweep.register_model` if set."""
     best = best_or_none(study)
     run_id = best.user_attrs.get("mlflow_run_id") if best is not None else None
-    if run_id is None:
+    cfg = summary.best_config
+    if run_id is None or cfg is None:
         return
-    cfg = rerun_config(plan, best)
     print(f"retraining the best trial ({best.number}) for its pictures and model")
     result = train(cfg)
     key = f"pictures-{plan.study_name}-{best.number}"

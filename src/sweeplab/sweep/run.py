@@ -149,7 +149,7 @@ def _end_of_sweep(
         raise
     if plan.settings.best_pictures and not reason.startswith(TOO_MANY_FAILED):
         try:
-            picture_best_trial(plan, study, worker.helper)
+            picture_best_trial(plan, study, worker.helper, summary)
         except Exception as err:  # the sweep's results stand without them
             print(f"warning: no pictures of the best trial: {type(err).__name__}: {err}")
     return summary

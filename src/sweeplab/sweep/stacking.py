@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from sweeplab.config import Config
 from sweeplab.phases import mark_phase
 from sweeplab.runtime import INTERRUPTED, interrupts_deferred
-from sweeplab.sweep.plan import SweepPlan, compose_trials, stackable
+from sweeplab.sweep.plan import SweepPlan, compose_trials, stackable, trial_run_name
 from sweeplab.sweep.space import suggest, to_overrides
 from sweeplab.sweep.storage import (
     HEARTBEAT_S,
@@ -179,7 +179,9 @@ def train_stack(entries: list[Claimed], context: Context) -> None:
 def _start_run(entry: Claimed, context: Context) -> TrackedRun:
     cfg, trial = entry.configs[0], entry.trial
     if cfg.tracking.run_name is None:
-        cfg.tracking.run_name = f"{context.plan.study_name}-trial-{trial.number}"
+        cfg.tracking.run_name = trial_run_name(
+            context.plan.study_name, trial.number, TrialState.COMPLETE, None
+        )
     tags = {
         "sweeplab.role": "trial",
         "optuna.study": context.plan.study_name,

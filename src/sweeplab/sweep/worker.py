@@ -30,7 +30,7 @@ from sweeplab.machine import machine_failure
 from sweeplab.phases import mark_phase
 from sweeplab.runtime import INTERRUPTED, stopping
 from sweeplab.sweep import stacking
-from sweeplab.sweep.plan import SweepPlan, compose_trial, compose_trials
+from sweeplab.sweep.plan import SweepPlan, compose_trial, compose_trials, trial_note, trial_run_name
 from sweeplab.sweep.space import describe, extremes, suggest, to_overrides
 from sweeplab.sweep.stopping import plateau
 from sweeplab.sweep.storage import (
@@ -55,36 +55,6 @@ from sweeplab.training.trainer import Callback, TrainResult, auto_threads
 MIN_FINISHED_FOR_FAILURE_RATE = 5
 TOO_MANY_FAILED = "too many failed trials"
 MACHINE_FAILED = "the machine failed"  # a stop reason: a full disk, a store gone (sweeplab.machine)
-
-
-def trial_run_name(study: str, number: int, state: TrialState, last_epoch: int | None) -> str:
-    """A trial's MLflow run name, which says how it ended: "mnist-trial-7",
-    "mnist-trial-7 (pruned at epoch 3)", "mnist-trial-7 (failed)"."""
-    name = f"{study}-trial-{number}"
-    if state == TrialState.PRUNED:
-        return f"{name} (pruned at epoch {last_epoch})" if last_epoch else f"{name} (pruned)"
-    if state == TrialState.COMPLETE:
-        return name
-    return f"{name} ({_ended(state)})"
-
-
-def _ended(state: TrialState) -> str:
-    return {TrialState.FAIL: "failed", TrialState.COMPLETE: "completed"}.get(
-        state, state.name.lower()
-    )
-
-
-def trial_note(
-    plan: SweepPlan, number: int, state: TrialState, last_epoch: int | None, value: float | None
-) -> str:
-    """A trial's MLflow run description: how it ended, and where its study's run is."""
-    epochs = f" after {last_epoch} epochs" if last_epoch else ""
-    result = f": {plan.objective}={value:.4g}" if value is not None else ""
-    return (
-        f"Trial {number} of the Optuna study `{plan.study_name}`, {_ended(state)}{epochs}"
-        f"{result}. Its parent run `sweep-{plan.study_name}` holds the study's plots, "
-        "trials.csv and best.yaml."
-    )
 
 
 class PruningCallback(Callback):
@@ -224,7 +194,9 @@ class Worker:
         if cfg.trainer.num_threads == 0:
             cfg.trainer.num_threads = auto_threads(cfg, available=self.threads)
         if cfg.tracking.run_name is None:
-            cfg.tracking.run_name = f"{self.plan.study_name}-trial-{trial.number}"
+            cfg.tracking.run_name = trial_run_name(
+                self.plan.study_name, trial.number, TrialState.COMPLETE, None
+            )
         retry_of = trial.user_attrs.get("retry_of")  # (queued by reconcile or the heartbeat)
         resume = self.resumable(cfg, retry_of)
         try:
