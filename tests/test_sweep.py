@@ -104,7 +104,15 @@ def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri, monkeypa
     client = MlflowClient(mlflow_uri)
     parent = client.get_run(summary.parent_run_id)
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["space.model.d_hidden"] == "int(interval(1, 32))"
+    # the space in one param (`space.<key>` params came up beside the trials' in column search)
+    assert (
+        "model.d_hidden=int(interval(1, 32)) model.activation="
+        in parent.data.params["sweep.params"]
+    )
+    assert not any(key.startswith("space.") for key in parent.data.params)
+    # what every trial shares is the parent's: the command line's values and the defaults
+    assert parent.data.params["data.n_train"] == "200" and parent.data.params["seed"] == "0"
+    assert not {"model.d_hidden", "optimizer.name", "optimizer.momentum"} & set(parent.data.params)
     # one name, one meaning: the resolved objective, the best value a tag apart from the metric
     assert (
         parent.data.params["sweep.objective"] == "val/acc" and "objective" not in parent.data.params
@@ -125,8 +133,15 @@ def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri, monkeypa
         assert run.data.params["optimizer.name"] == trial.params["optimizer"]
         # 4 significant digits: the UI's runs table cuts longer values before their exponent
         assert run.data.params["optimizer.lr"] == f"{trial.params['optimizer.lr']:.4g}"
-        assert run.data.params["data.n_train"] == "200"  # the command line applies to every trial
-        assert "tracking.run_name" not in run.data.params  # the compare view would plot it
+        # what the sweep searches, and the keys every optimizer has: the columns line up
+        assert set(run.data.params) == {
+            "model.d_hidden",
+            "model.activation",
+            "optimizer.name",
+            "optimizer.lr",
+            "optimizer.weight_decay",
+            "trainer.batch_size",
+        }
         assert run.data.metrics["epochs_run"] == trial.last_step
         assert (
             f"Trial {trial.number} of the Optuna study `e2e`"

@@ -412,6 +412,25 @@ def test_float_params_read_with_four_significant_digits_and_exponent(sweep, ui, 
         assert lr not in row["cut"], f"{child.info.run_name}: optimizer.lr {cell!r} is cut"
 
 
+def test_column_search_offers_a_trial_param_once_and_trials_log_what_differs(
+    sweep, ui, page, screenshots
+):
+    page.goto(f"{ui}/#/experiments/{sweep['experiment_id']}/runs?workflowType=machine_learning")
+    page.locator(".ag-row").first.wait_for()
+    close_assistant(page)
+    page.get_by_role("button", name="Columns", exact=True).click()
+    menu = page.locator("[role=dialog]").first
+    menu.get_by_placeholder("Search columns").fill("optimizer.lr")
+    page.wait_for_timeout(500)
+    titles = menu.locator(".du-bois-light-tree-title").all_inner_texts()
+    page.screenshot(path=screenshots / "column_search.png")
+    # before issue 17 the parent's `space.optimizer.lr` came up beside the trials' param
+    assert [t for t in titles if "optimizer.lr" in t] == ["optimizer.lr"], titles
+    searched = {"model.d_hidden", "optimizer.lr", "trainer.batch_size"}  # ("optimizer" is fixed)
+    for child in sweep["children"]:  # the compare view offers what differs between trials
+        assert set(child.data.params) == searched | {"optimizer.name", "optimizer.weight_decay"}
+
+
 def test_trial_names_say_which_trial_and_where_it_was_pruned(sweep, ui, page):
     journal = sweep["folder"] / "outputs" / "optuna" / f"{STUDY}.journal"
     study = optuna.load_study(study_name=STUDY, storage=make_storage(str(journal)))

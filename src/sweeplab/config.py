@@ -277,6 +277,9 @@ class TrackingConfig:
     log_plots: bool = True  # learning curves, decision region, hidden units, MNIST pictures
     log_model: bool = True  # the trained state_dict
     tags: dict[str, str] = field(default_factory=dict)  # more tags on the run (best.yaml's rerun)
+    # the config keys logged as the run's params; null = all. A sweep's trials log what differs
+    # between them (`sweep.plan.trial_param_keys`), their sweep's run the rest
+    params: list[str] | None = None
     # the machine's CPU, memory, disk and network as system/* metrics while the run trains
     # (MLflow's monitor, in the helper process: a sample a second, from the run's start there)
     system_metrics: bool = False

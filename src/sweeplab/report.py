@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -390,7 +391,7 @@ def section_sweep(page: Page, spec: dict[str, Any]) -> None:
     counts = {  # the study logs a count only for the states its trials are in
         state: int(metrics.get(f"trials/{state}", 0)) for state in ("complete", "pruned", "fail")
     }
-    space = {k.removeprefix("space."): v for k, v in params.items() if k.startswith("space.")}
+    space = searched_space(params)
     best = next((r for r in trials if r.info.run_id == tags.get("best_run_id")), None)
     settings = [
         ["study", f"`{tags.get('optuna.study')}`"],
@@ -425,7 +426,8 @@ def section_sweep(page: Page, spec: dict[str, Any]) -> None:
         ["its test accuracy", pct(test_acc)],
     ]
     if best is not None:
-        results.append(["its epochs", str(int(best.data.params.get("trainer.epochs", 0)))])
+        epochs = trial_params(parent, best).get("trainer.epochs", 0)
+        results.append(["its epochs", str(int(epochs))])
         found_after = (best.info.end_time - parent.info.start_time) / 1000
         results.append(["found after", duration(found_after)])
     page.parts.append(table(["result", "value"], results) + "\n")
@@ -542,6 +544,20 @@ def progress_figure(
     page.figure("progress.png", "objective over time")
 
 
+def searched_space(params: dict[str, str]) -> dict[str, str]:
+    """{key: expression} of a sweep's run: its `sweep.params` ("model.d_hidden=int(4, 64) ..."),
+    or the `space.<key>` params sweeps logged before issue 17."""
+    text = params.get("sweep.params", "")
+    pairs = [item.split("=", 1) for item in re.split(r"\s+(?=[\w.]+=)", text) if "=" in item]
+    older = {k.removeprefix("space."): v for k, v in params.items() if k.startswith("space.")}
+    return dict(pairs) | older
+
+
+def trial_params(parent: Run, trial: Run) -> dict[str, str]:
+    """A trial's params: what it logged (what its sweep searches), over its sweep's constants."""
+    return parent.data.params | trial.data.params
+
+
 def section_references(page: Page, spec: dict[str, Any]) -> None:
     rows = [
         [ref["source"], ref["model"], f"{ref['error']:.2f} %", f"{100 - ref['error']:.2f} %"]
@@ -553,20 +569,21 @@ def section_references(page: Page, spec: dict[str, Any]) -> None:
             run = next(
                 (r for r in trials if r.info.run_id == parent.data.tags.get("best_run_id")), None
             )
+            params = trial_params(parent, run) if run else {}
         else:
             run = page.store.latest_run(ours["experiment"])
+            params = run.data.params if run else {}
         if run is not None and all(r.info.run_id != run.info.run_id for r in page.runs):
             page.runs.append(run)
         acc = run.data.metrics.get("test/acc") if run else None
         error = "-" if acc is None else f"{100 * (1 - acc):.2f} %"
-        rows.append([f"sweeplab ({ours['label']})", describe_run(run), error, pct(acc)])
+        rows.append([f"sweeplab ({ours['label']})", describe_run(params), error, pct(acc)])
     page.parts.append(table(["source", "model", "test error", "test accuracy"], rows) + "\n")
 
 
-def describe_run(run: Run | None) -> str:
-    if run is None:
+def describe_run(p: dict[str, str]) -> str:
+    if not p:
         return "-"
-    p = run.data.params
     extras = [
         f"dropout {float(p['model.dropout']):.2f}" if float(p.get("model.dropout", 0)) else "",
         f"input dropout {float(p['model.input_dropout']):.2f}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from hydra import compose
@@ -20,12 +20,14 @@ from sweeplab.config import (
     CONF_DIR,
     Config,
     ConfigError,
+    OptimizerConfig,
     SweepConfig,
     TrackingConfig,
     in_output_dir,
     output_dir,
     sweep_objective,
     to_config,
+    to_flat_dict,
     validate,
 )
 from sweeplab.redaction import without_secrets
@@ -192,8 +194,21 @@ def compose_trial(plan: SweepPlan, values: dict[str, Any]) -> Config:
         composed = compose(config_name=plan.config_name, overrides=overrides)
     except HydraException as err:
         raise ConfigError(f"sweep.params: {str(err).splitlines()[0]}") from None
-    cfg = to_config(composed)
-    return replace(cfg, sweep=None, optimized_metric=None)
+    cfg = replace(to_config(composed), sweep=None, optimized_metric=None)
+    cfg.tracking.params = trial_param_keys(plan.space, to_flat_dict(cfg))
+    return cfg
+
+
+# every optimizer has these: logged by every trial, so that the runs table's columns line up
+COMMON_OPTIMIZER_KEYS = [f"optimizer.{f.name}" for f in fields(OptimizerConfig) if f.name[0] != "_"]
+
+
+def trial_param_keys(space: SearchSpace, flat: dict[str, Any]) -> list[str]:
+    """The params a trial logs: what its sweep searches (a config group by its option,
+    `optimizer.name`) and the optimizer keys every optimizer has; the constants are on the
+    sweep's run, so the compare view offers only what differs."""
+    searched = [key if key in flat else f"{key}.name" for key in space.distributions]
+    return list(dict.fromkeys([*searched, *COMMON_OPTIMIZER_KEYS]))
 
 
 def trial_run_name(study: str, number: int, state: TrialState, last_epoch: int | None) -> str:

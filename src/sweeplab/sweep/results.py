@@ -15,7 +15,7 @@ import math
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,7 +28,14 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from sweeplab.config import Config, ConfigError, SweepConfig, output_dir, store_uri, to_yaml
+from sweeplab.config import (
+    Config,
+    ConfigError,
+    SweepConfig,
+    output_dir,
+    store_uri,
+    to_yaml,
+)
 from sweeplab.figures import IMPORTING_MATPLOTLIB, pyplot
 from sweeplab.provenance import source_tags
 from sweeplab.redaction import without_secrets
@@ -38,7 +45,7 @@ from sweeplab.sweep.space import describe, to_overrides
 from sweeplab.sweep.storage import best_or_none, wait_for_orphaned_helpers
 from sweeplab.training.mlflow_helper import Helper
 from sweeplab.training.mlflow_store import MAX_BATCH, connect
-from sweeplab.training.tracking import NOTE_TAG, TrackedRun, train
+from sweeplab.training.tracking import NOTE_TAG, TrackedRun, param_text, run_params, train
 from sweeplab.training.trainer import TrainResult
 
 
@@ -68,8 +75,10 @@ def find_or_create_parent(plan: SweepPlan, study: optuna.Study) -> str:
     )
     run_id = created.info.run_id
     params = {f"sweep.{k}": v for k, v in to_flat_dict_sweep(plan.settings).items()}
-    params |= {f"space.{k}": v for k, v in plan.space.expressions.items()}
+    # one param: `space.<key>` params came up beside the trials' own when searching columns
+    params["sweep.params"] = " ".join(f"{k}={e}" for k, e in plan.space.expressions.items())
     params["sweep.objective"] = plan.objective  # resolved (`optimized_metric`, val/acc)
+    params |= {key: param_text(value) for key, value in sweep_constants(plan).items()}
     params |= {
         "storage": plan.storage,
         "overrides": " ".join(plan.overrides),
@@ -79,6 +88,21 @@ def find_or_create_parent(plan: SweepPlan, study: optuna.Study) -> str:
         client.log_batch(run_id, params=batch[i : i + MAX_BATCH])
     study.set_user_attr("mlflow_parent_run_id", run_id)
     return run_id
+
+
+def sweep_constants(plan: SweepPlan) -> dict[str, Any]:
+    """The config values all trials share (equal at every corner of the space), but those each
+    trial logs itself (`tracking.params`): the sweep's run holds them once."""
+    if plan.example is None:
+        return {}
+    logged_by_trials = set(plan.example.tracking.params or ())
+    every_param = [replace(c, tracking=replace(c.tracking, params=None)) for c in plan.corners]
+    first, *others = map(run_params, every_param)
+    return {
+        key: value
+        for key, value in first.items()
+        if key not in logged_by_trials and all(key in o and o[key] == value for o in others)
+    }
 
 
 def count_invocation(plan: SweepPlan, parent_run_id: str) -> None:
@@ -205,6 +229,7 @@ def rerun_config(plan: SweepPlan, trial: optuna.trial.FrozenTrial) -> Config:
     # a stacked trial trained on its stack's batch order: the rerun takes the same
     cfg.trainer.shuffle_seed = trial.user_attrs.get("trainer.shuffle_seed")
     cfg.tracking.log_plots = cfg.tracking.log_model = True  # what a sweep's trials skip
+    cfg.tracking.params = None  # a single run logs every param
     cfg.tracking.tags = {
         "sweeplab.role": "rerun",
         "optuna.study": plan.study_name,

@@ -45,7 +45,8 @@ WRITE_EVERY_S = 1.0  # or writes them itself (each call costs milliseconds on SQ
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 RUN_NAME_TAG = "mlflow.runName"  # set as a tag, it renames the run
 NOTE_TAG = "mlflow.note.content"  # the run's description on its page in the UI
-NOT_PARAMS = ("tracking.run_name", "tracking.tags")  # the run's name and tags say them
+# the run's name and tags say them; which params a run logs is no param
+NOT_PARAMS = ("tracking.run_name", "tracking.tags", "tracking.params")
 GRID = 100  # points per axis of the plane pictures
 MAX_HIDDEN_SHOWN = 16  # hidden units drawn over the plane
 MAX_WEIGHTS_SHOWN = 100  # hidden units whose input weights are drawn as images
@@ -63,6 +64,16 @@ def default_run_name(cfg: Config) -> str:
     return f"{cfg.data.name}-h{cfg.model.d_hidden}-{cfg.model.activation}-{cfg.optimizer.name}"
 
 
+def run_params(cfg: Config) -> dict[str, Any]:
+    """The config keys a run logs as params: `tracking.params`, else all but its name and tags
+    (the compare view plots what differs between runs)."""
+    flat = to_flat_dict(cfg)
+    keys = cfg.tracking.params
+    if keys is None:
+        keys = [k for k in flat if k != "sweep" and not k.startswith(NOT_PARAMS)]
+    return {key: flat[key] for key in keys if key in flat}
+
+
 def run_spec(cfg: Config, parent_run_id: str | None, tags: dict[str, str] | None) -> dict:
     """What the helper creates the run with: its store, name, start time (now), tags, params and
     config."""
@@ -70,11 +81,7 @@ def run_spec(cfg: Config, parent_run_id: str | None, tags: dict[str, str] | None
     all_tags |= cfg.tracking.tags | (tags or {})
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
-    params = {  # not the run's name nor its tags again: the compare view plots what differs
-        key: param_text(value)
-        for key, value in to_flat_dict(cfg).items()
-        if key != "sweep" and not key.startswith(NOT_PARAMS)
-    }
+    params = {key: param_text(value) for key, value in run_params(cfg).items()}
     return {
         "uri": store_uri(cfg.tracking),
         "experiment": cfg.tracking.experiment,
