@@ -58,16 +58,24 @@ MACHINE_FAILED = "the machine failed"  # a stop reason: a full disk, a store gon
 
 
 class PruningCallback(Callback):
-    """Reports the objective to Optuna after every epoch and stops a trial it prunes."""
+    """Reports the objective to Optuna after every epoch and stops a trial it prunes (as
+    `Trial.should_prune` does, on a view of the study re-read at most every REPORT_EVERY_S: a
+    pruner reads the running trials for every decision, each epoch's values included, on an RDB
+    storage a query that grows with the epochs)."""
 
     def __init__(self, trial: optuna.Trial, metric: str) -> None:
         self.trial = trial
         self.metric = metric
+        self.view = stacking.StudyView(trial.study)
+        self.read_at = time.monotonic()
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         value = metrics[self.metric]
         self.trial.report(value, epoch)
-        if self.trial.should_prune():
+        if time.monotonic() - self.read_at >= stacking.REPORT_EVERY_S:
+            self.view.forget()
+            self.read_at = time.monotonic()
+        if self.view.pruner.prune(self.view, self.trial._get_latest_trial()):
             raise optuna.TrialPruned(f"pruned at epoch {epoch} with {self.metric}={value:.4g}")
 
 
