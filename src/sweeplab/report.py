@@ -393,25 +393,9 @@ def section_sweep(page: Page, spec: dict[str, Any]) -> None:
     }
     space = searched_space(params)
     best = next((r for r in trials if r.info.run_id == tags.get("best_run_id")), None)
-    settings = [
-        ["study", f"`{tags.get('optuna.study')}`"],
-        ["command line overrides", f"`{params.get('overrides', '')}`"],
-        ["sampler", params.get("sweep.sampler.name", "-")],
-        ["pruner", params.get("sweep.pruner.name", "-")],
-        ["workers", params.get("sweep.workers", "-")],
-        [
-            "budget",
-            f"{params.get('sweep.n_trials')} trials, timeout {params.get('sweep.timeout')} s",
-        ],
-        ["objective", f"{objective} ({params.get('sweep.direction')})"],
-    ]
-    page.parts.append(table(["setting", "value"], settings) + "\n")
-    page.parts.append(
-        table(
-            ["searched parameter", "expression"], [[f"`{k}`", f"`{v}`"] for k, v in space.items()]
-        )
-        + "\n"
-    )
+    page.parts.append(table(["setting", "value"], sweep_settings(parent, objective)) + "\n")
+    searched = [[f"`{k}`", f"`{v}`"] for k, v in space.items()]
+    page.parts.append(table(["searched parameter", "expression"], searched) + "\n")
     test_acc = best.data.metrics.get("test/acc") if best else None
     results = [
         [
@@ -542,6 +526,23 @@ def progress_figure(
     fig.savefig(page.figures / "progress.png", dpi=90)
     plt.close(fig)
     page.figure("progress.png", "objective over time")
+
+
+def sweep_settings(parent: Run, objective: str) -> list[list[str]]:
+    """The settings table of a sweep's report, from its parent run."""
+    params = parent.data.params
+    return [
+        ["study", f"`{parent.data.tags.get('optuna.study')}`"],
+        ["command line overrides", f"`{params.get('overrides', '')}`"],
+        ["sampler", params.get("sweep.sampler.name", "-")],
+        ["pruner", params.get("sweep.pruner.name", "-")],
+        ["workers", params.get("sweep.workers", "-")],
+        [
+            "budget",
+            f"{params.get('sweep.n_trials')} trials, timeout {params.get('sweep.timeout')} s",
+        ],
+        ["objective", f"{objective} ({params.get('sweep.direction')})"],
+    ]
 
 
 def searched_space(params: dict[str, str]) -> dict[str, str]:
