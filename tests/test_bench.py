@@ -75,3 +75,10 @@ def test_stacked_sweeps_smoke(tmp_path):
     run_benchmark("stacked_sweeps.py", *args)
     report = (tmp_path / "stacked_sweeps.md").read_text()
     assert "| 1 |" in report and "| 4 |" in report
+
+
+def test_warm_start_smoke(tmp_path):
+    args = ("--earlier", 3, "--budget", 3, "--seeds", 0, "--epochs", 3, "--target", 0.5)
+    run_benchmark("warm_start.py", *args, "--out", tmp_path)
+    report = (tmp_path / "warm_start.md").read_text()
+    assert "| 0 | cold | 0 |" in report and "| 0 | warm | 3 |" in report  # all 3 lie in the space

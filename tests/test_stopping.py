@@ -4,7 +4,10 @@ whole study stopped on a target or a plateau."""
 from __future__ import annotations
 
 import datetime
+import os
 import re
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -72,6 +75,13 @@ def test_finished_trials_count_in_the_order_they_finished():
     assert plateau(finished(values, order=[0, 1, 2, 3]), SweepConfig(patience=3), "v") is None
 
 
+def test_a_target_is_reached_by_the_sweeps_own_trials_not_by_warm_start_copies():
+    trials = finished([0.95, 0.5, 0.6])
+    trials[0].user_attrs[WARM_FROM] = "earlier trial 7"
+    assert plateau(trials, SweepConfig(target=0.9), "val/acc") is None
+    assert plateau([*trials, *finished([0.5, 0.5, 0.5, 0.91])[3:]], SweepConfig(target=0.9), "v")
+
+
 def test_the_reason_names_the_settings():
     why = plateau(finished([0.5, 0.5, 0.5]), SweepConfig(patience=2, min_delta=0.01), "val/acc")
     assert why == (
@@ -115,6 +125,31 @@ def test_enqueued_configurations_run_first_and_once_across_a_resume(mlflow_uri):
         False,
         False,
     ]
+
+
+@pytest.mark.slow
+def test_two_processes_starting_one_study_queue_its_known_configurations_once(
+    mlflow_uri, _isolated_output
+):
+    """Both processes bootstrap the new study at the same moment; each queues only what the
+    study has not queued yet, under the study's lock."""
+    args = sweep_overrides(mlflow_uri, "sweep.study_name=race", "sweep.n_trials=4", *KNOWN)
+    env = {**os.environ, "SWEEPLAB_OUTPUT": str(_isolated_output)}
+    command = [sys.executable, "-m", "sweeplab.sweep", *args]
+    procs = [
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for _ in "ab"
+    ]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+    journal = _isolated_output / "optuna" / "race.journal"
+    trials = optuna.load_study(study_name="race", storage=make_storage(str(journal))).trials
+    assert len(trials) == 4
+    enqueued = [t.number for t in trials if t.user_attrs.get("enqueued")]
+    assert enqueued == [0, 1], [(t.number, t.params) for t in trials]
 
 
 @pytest.mark.parametrize(

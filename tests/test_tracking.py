@@ -197,6 +197,9 @@ def test_image_dataset_run_logs_the_mnist_pictures(make_config, mlflow_uri, tmp_
     assert result.metrics["test/predict_us_per_sample"] == pytest.approx(
         metrics["test/predict_us_per_sample"]
     )
+    # 28x28 images, 12 hidden units, 10 classes: weights and biases of both layers
+    assert metrics["model/n_params"] == 784 * 12 + 12 + 12 * 10 + 10
+    assert metrics["model/flops"] == 2 * (784 * 12 + 12 * 10) + 12 + 10
 
 
 def test_every_nth_epoch_is_logged_and_always_the_last(make_config, mlflow_uri):

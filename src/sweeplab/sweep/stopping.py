@@ -4,7 +4,9 @@
     plateau(trials, settings, objective)   # the reason to stop, or None
 
 Finished trials count in the order they finished (several workers finish out of order); a
-pruned trial is a finished trial that did not improve the best.
+pruned trial is a finished trial that did not improve the best. Trials copied in by
+`sweep.warm_start` reach no target (the sweep is there to find its own), but a plateau is
+measured against the best of them too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeplab.config import SweepConfig
+from sweeplab.sweep.storage import WARM_FROM
 
 
 def plateau(
@@ -26,7 +29,8 @@ def plateau(
     sign = 1.0 if settings.direction == "maximize" else -1.0
     if settings.target is not None:
         for t in finished:
-            if t.state == TrialState.COMPLETE and sign * (t.value - settings.target) >= 0:
+            reached = t.state == TrialState.COMPLETE and sign * (t.value - settings.target) >= 0
+            if reached and WARM_FROM not in t.user_attrs:
                 return f"sweep.target={settings.target:g} reached by trial {t.number} ({objective}={t.value:.4g})"
     if not settings.patience:
         return None

@@ -376,10 +376,19 @@ def prediction_speed(model: TwoLayerNet, data: Dataset, chunk: int) -> dict[str,
     return {"test/predict_us_per_sample": predict_us_per_sample(model, data.x_test, chunk)}
 
 
+def model_size(model: TwoLayerNet, data: Dataset, chunk: int) -> dict[str, float]:
+    """The network's weights and biases, and the floating-point operations of predicting one
+    sample (a multiply and an add per weight, an add per bias): what a sweep trades accuracy for."""
+    layers = (model.hidden, model.output)
+    flops = sum(2 * layer.weight.numel() + layer.bias.numel() for layer in layers)
+    return {"model/n_params": sum(p.numel() for p in model.parameters()), "model/flops": flops}
+
+
 # what a run measures once, at its end, beside the test loss and accuracy: each function takes the
 # trained model, the dataset and the evaluation chunk size and returns {metric name: value}
 RUN_METRICS: tuple[Callable[[TwoLayerNet, Dataset, int], dict[str, float]], ...] = (
     prediction_speed,
+    model_size,
 )
 
 
