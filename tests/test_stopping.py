@@ -22,6 +22,7 @@ from .conftest import run_cli
 from .test_sweep import (
     NO_PICTURES,
     SMALL,
+    children,
     load,
     plan_and_run,
     sweep_overrides,
@@ -197,3 +198,51 @@ def test_warm_start_copies_the_compatible_trials_of_another_study_once(
     assert len(trials) - len(copied) == 3  # the budget is this study's own trials
     assert f"warm start: {len(copied)} completed trials of study 'wa' copied in" in said[0]
     assert "warm start" not in said[1]
+
+
+@pytest.mark.parametrize("stack", [1, 0])  # a trial at a time, and stacks
+def test_constraints_keep_infeasible_trials_from_the_best_and_mark_them(stack, mlflow_uri):
+    """2 inputs, d_H hidden units, 1 output: 4 d_H + 1 weights and biases, so d_H <= 14 fits
+    in 60; and a cap on val/acc that good trials break."""
+    constraints = "sweep.constraints=['model/n_params <= 60', 'val/acc < 0.9']"
+    plan, summary = plan_and_run(
+        sweep_overrides(
+            mlflow_uri,
+            "sweep.n_trials=10",
+            f"sweep.stack={stack}",
+            f"sweep.study_name=c{stack}",
+            constraints,
+        )
+    )
+    complete = [t for t in load(plan).trials if t.state == TrialState.COMPLETE]
+    fits = [t for t in complete if t.params["model.d_hidden"] <= 14 and t.value < 0.9]
+    assert {t.number for t in fits} == {
+        t.number for t in complete if all(v <= 0 for v in t.constraints.values())
+    }
+    assert len(fits) < len(complete)  # some broke one (TPE starts with random trials)
+    for t in complete:
+        assert t.user_attrs["model/n_params"] == 4 * t.params["model.d_hidden"] + 1
+    assert summary.best_value == max(t.value for t in fits)
+    runs = {r.data.tags["optuna.trial"]: r for r in children(mlflow_uri, summary.parent_run_id)}
+    for t in complete:
+        tags = runs[str(t.number)].data.tags
+        assert tags["sweeplab.feasible"] == ("true" if t in fits else "false")
+        if t not in fits:
+            assert "model/n_params <= 60" in tags["sweeplab.broken_constraints"] or (
+                tags["sweeplab.broken_constraints"] == "val/acc < 0.9"
+            )
+
+
+@pytest.mark.parametrize(
+    ("constraint", "message"),
+    [
+        ("model/nparams <= 3", "model/nparams is none of val/acc"),
+        ("model/n_params = 3", "must read '<metric> <op> <number>'"),
+        ("test/acc < inf", "inf is not a finite number"),
+    ],
+)
+def test_a_bad_constraint_is_refused_before_any_trial(constraint, message, mlflow_uri):
+    with pytest.raises(
+        ConfigError, match=re.escape(f"sweep.constraints[0]='{constraint}': {message}")
+    ):
+        plan_and_run(sweep_overrides(mlflow_uri, f"sweep.constraints=['{constraint}']"))

@@ -34,6 +34,16 @@ BACKWARDS = ("auto", "manual", "autograd")
 LR_SCHEDULES = ("none", "cosine", "step")
 DIRECTIONS = ("maximize", "minimize")
 EPOCH_METRICS = ("val/acc", "val/loss", "train/acc", "train/loss")  # what a sweep may optimise
+# what every run logs once, at its end (training.trainer.final_metrics): what sweep.constraints
+# may also bound
+FINAL_METRICS = (
+    "test/loss",
+    "test/acc",
+    "test/predict_us_per_sample",
+    "model/n_params",
+    "model/flops",
+)
+CONSTRAINT = re.compile(r"\s*(?P<metric>\S+)\s*(?P<op><=|>=|<|>)\s*(?P<bound>\S+)\s*")
 
 YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's, where it is built
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -327,7 +337,50 @@ class SweepConfig:
     # a study (in this sweep's database, or outputs/optuna/<name>.journal) whose completed trials
     # in this space are copied in on the first start, so that the sampler starts informed
     warm_start: str | None = None
+    # bounds on a trial's final metrics, e.g. "model/n_params <= 20000": a trial that breaks one
+    # is infeasible, never the best, and samplers that read constraints (TPE, NSGA-II, GP) avoid
+    # its region
+    constraints: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)  # key -> sweep expression
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One of `sweep.constraints`: `metric op bound`, e.g. "model/n_params <= 20000"."""
+
+    metric: str
+    op: str  # <=, <, >= or >
+    bound: float
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+    def violation(self, value: float) -> float:
+        """By how much `value` breaks it, as Optuna's constraints are told: <= 0 if it holds."""
+        excess = value - self.bound if self.op.startswith("<") else self.bound - value
+        strict = len(self.op) == 1
+        return math.ulp(self.bound) if strict and excess == 0 else excess
+
+
+def parse_constraints(texts: list[str]) -> list[Constraint]:
+    """`sweep.constraints` as Constraints; ConfigError naming the first that is not one."""
+    constraints = []
+    metrics = (*EPOCH_METRICS, *FINAL_METRICS)
+    for index, text in enumerate(texts):
+        where = f"sweep.constraints[{index}]={text!r}"
+        match = CONSTRAINT.fullmatch(str(text))
+        if match is None:
+            raise ConfigError(f"{where}: must read '<metric> <op> <number>', op one of <= < >= >")
+        if match["metric"] not in metrics:
+            raise ConfigError(f"{where}: {match['metric']} is none of {', '.join(metrics)}")
+        try:
+            bound = float(match["bound"])
+        except ValueError:
+            bound = math.nan
+        if not math.isfinite(bound):
+            raise ConfigError(f"{where}: {match['bound']} is not a finite number")
+        constraints.append(Constraint(match["metric"], match["op"], bound))
+    return constraints
 
 
 @dataclass
@@ -583,6 +636,7 @@ def _check_sweep(sweep: SweepConfig, cfg: Config) -> None:
     _require(sweep.stack >= 0, "sweep.stack", sweep.stack, "must be >= 0 (0 = as many as pay)")
     _require(sweep.repeats >= 1, "sweep.repeats", sweep.repeats, "must be >= 1")
     _require(sweep.patience >= 0, "sweep.patience", sweep.patience, "must be >= 0 (0 = off)")
+    parse_constraints(sweep.constraints)
     _require(sweep.min_delta >= 0, "sweep.min_delta", sweep.min_delta, "must be >= 0")
     _require(
         0 <= sweep.max_failure_rate <= 1,

@@ -7,10 +7,12 @@ cfg = compose_trial(plan, {"model.d_hidden": 8})        # one trial's typed conf
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+import optuna
 from hydra import compose
 from hydra.errors import HydraException
 from omegaconf import DictConfig
@@ -20,11 +22,13 @@ from sweeplab.config import (
     CONF_DIR,
     Config,
     ConfigError,
+    Constraint,
     OptimizerConfig,
     SweepConfig,
     TrackingConfig,
     in_output_dir,
     output_dir,
+    parse_constraints,
     sweep_objective,
     to_config,
     to_flat_dict,
@@ -62,6 +66,21 @@ class SweepPlan:
     def example(self) -> Config | None:
         """A trial's config (None in a worker, which does not check the space again)."""
         return self.corners[0] if self.corners else None
+
+    @property
+    def constraints(self) -> list[Constraint]:
+        return parse_constraints(self.settings.constraints)
+
+    def record_result(self, trial: optuna.Trial, metrics: dict[str, float]) -> None:
+        """What a completed trial keeps in Optuna beside its value: its test accuracy and loss,
+        the metrics `sweep.constraints` bound, and by how much it breaks each of them (Optuna's
+        best trial and samplers take the feasible ones, where every value is <= 0)."""
+        constraints = self.constraints
+        for key in dict.fromkeys(["test/acc", "test/loss", *(c.metric for c in constraints)]):
+            trial.set_user_attr(key, metrics.get(key))
+        for c in constraints:
+            value = metrics.get(c.metric)
+            trial.set_constraint(str(c), math.inf if value is None else c.violation(value))
 
     @property
     def workers(self) -> int:

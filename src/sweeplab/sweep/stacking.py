@@ -217,9 +217,10 @@ def _finish(entry: Claimed, run: TrackedRun, outcome: Outcome, context: Context)
         return
     run.log_result(outcome.result, entry.configs[0])
     run.end("FINISHED", wait=False)
-    for key in ("test/acc", "test/loss", f"{objective}_std", "test/acc_std"):
-        if key in outcome.result.metrics or not key.endswith("_std"):  # std: with repeats
-            entry.trial.set_user_attr(key, outcome.result.metrics.get(key))
+    context.plan.record_result(entry.trial, outcome.result.metrics)
+    for key in (f"{objective}_std", "test/acc_std"):  # with repeats
+        if key in outcome.result.metrics:
+            entry.trial.set_user_attr(key, outcome.result.metrics[key])
     _tell(context, entry, TrialState.COMPLETE, value, None)
 
 

@@ -57,6 +57,15 @@ TOO_MANY_FAILED = "too many failed trials"
 MACHINE_FAILED = "the machine failed"  # a stop reason: a full disk, a store gone (sweeplab.machine)
 
 
+def feasibility(trial: optuna.trial.FrozenTrial) -> dict[str, str]:
+    """Tags of a trial `sweep.constraints` were told of: whether it is feasible, which it broke."""
+    if not trial.constraints:
+        return {}
+    broken = [name for name, excess in trial.constraints.items() if excess > 0]
+    tags = {"sweeplab.feasible": "false" if broken else "true"}
+    return tags | ({"sweeplab.broken_constraints": ", ".join(broken)} if broken else {})
+
+
 class PruningCallback(Callback):
     """Reports the objective to Optuna after every epoch and stops a trial it prunes (as
     `Trial.should_prune` does, on a view of the study re-read at most every REPORT_EVERY_S: a
@@ -225,8 +234,7 @@ class Worker:
         value = result.metrics[self.plan.objective]
         if not math.isfinite(value):
             raise FloatingPointError(f"{self.plan.objective}={value}")
-        trial.set_user_attr("test/acc", result.metrics.get("test/acc"))
-        trial.set_user_attr("test/loss", result.metrics.get("test/loss"))
+        self.plan.record_result(trial, result.metrics)
         return value
 
     def _train(
@@ -290,7 +298,7 @@ class Worker:
             if trial.value is not None
             else trial.intermediate_values.get(trial.last_step)
         )
-        self._tag_state(trial.number, trial.state, trial.last_step, last)
+        self._tag_state(trial.number, trial.state, trial.last_step, last, feasibility(trial))
         best = best_or_none(study)
         if trial.state == TrialState.COMPLETE and best is not None:
             now = int(time.time() * 1000)
@@ -302,6 +310,7 @@ class Worker:
         shown = f"{self.plan.objective}={trial.value:.4f}" if trial.value is not None else ""
         std = trial.user_attrs.get(f"{self.plan.objective}_std")  # with sweep.repeats
         shown += f"+-{std:.4f}" if shown and std is not None else ""
+        shown += " (infeasible)" if any(v > 0 for v in trial.constraints.values()) else ""
         params = describe(trial.params)
         best_text = f"best={best.value:.4f} (trial {best.number})" if best else "best=-"
         line = f"{self.label}trial {trial.number:>3} {trial.state.name:<8} {shown:<16} {best_text}  {params}"
@@ -314,6 +323,7 @@ class Worker:
         state: TrialState,
         last_epoch: int | None = None,
         value: float | None = None,
+        more_tags: dict[str, str] | None = None,
     ) -> None:
         """The trial's state on its MLflow run, where the UI's runs table shows it without a
         column added: in its name ("synthetic-trial-5 (pruned at epoch 88)") and description,
@@ -321,7 +331,7 @@ class Worker:
         key = self.run_key(number)
         if key not in self.helper.uris:  # its run was not started (a trial can fail before)
             return
-        tags = {"optuna.trial_state": state.name}
+        tags = {"optuna.trial_state": state.name, **(more_tags or {})}
         tags[NOTE_TAG] = trial_note(self.plan, number, state, last_epoch, value)
         if self.plan.tracking.run_name is None:
             tags[RUN_NAME_TAG] = trial_run_name(self.plan.study_name, number, state, last_epoch)
