@@ -12,44 +12,26 @@ wall time and the best validation value.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+import optuna
+from sweep_command import timed_sweep
 
 
 def run(sweep: str, pruner: str | None, trials: int, epochs: int) -> dict[str, float]:
-    from sweeplab.sweep.storage import make_storage
-
     out = Path(tempfile.mkdtemp(prefix=f"sweeplab-pruning-{pruner or 'shipped'}-"))
-    study_name = f"pruning-{pruner or 'shipped'}"
     args = [
         f"sweep={sweep}",
         "sweep.workers=1",
         f"sweep.n_trials={trials}",
         "sweep.timeout=null",
-        f"sweep.study_name={study_name}",
         f"trainer.epochs={epochs}",
     ]
     if pruner:
         args.append(f"sweep.pruner.name={pruner}")
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "sweeplab.sweep", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "SWEEPLAB_OUTPUT": str(out)},
-    )
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-2000:])
-    import optuna
-
-    storage = make_storage(str(out / "optuna" / f"{study_name}.journal"))
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    study, wall = timed_sweep(out, f"pruning-{pruner or 'shipped'}", args)
     finished = [t for t in study.trials if t.state.is_finished()]
     result = {
         "trials": len(finished),

@@ -15,45 +15,24 @@ best value and its wall time.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import optuna
+from sweep_command import timed_sweep
 
-from sweeplab.sweep.storage import WARM_FROM, make_storage
+from sweeplab.sweep.storage import WARM_FROM
 
 EARLIER = "warm-earlier"
 
 
 def sweep(out: Path, study_name: str, *extra: str) -> tuple[optuna.Study, float]:
-    """`python -m sweeplab.sweep sweep=synthetic ...` into `out`: its study and wall time."""
-    args = [
-        "sweep=synthetic",
-        "sweep.workers=1",
-        "sweep.stack=1",
-        "sweep.timeout=null",
-        "sweep.best_pictures=false",
-        f"sweep.study_name={study_name}",
-        *extra,
-    ]
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "sweeplab.sweep", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "SWEEPLAB_OUTPUT": str(out)},
-    )
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-2000:])
-    storage = make_storage(str(out / "optuna" / f"{study_name}.journal"))
-    return optuna.load_study(study_name=study_name, storage=storage), wall
+    """The synthetic sweep, a trial at a time, into `out`: its study and wall time."""
+    args = ["sweep=synthetic", "sweep.workers=1", "sweep.stack=1", "sweep.timeout=null"]
+    return timed_sweep(out, study_name, [*args, "sweep.best_pictures=false", *extra])
 
 
 def needed(study: optuna.Study, target: float) -> tuple[int | None, float]:
