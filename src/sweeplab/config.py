@@ -341,6 +341,10 @@ class SweepConfig:
     # is infeasible, never the best, and samplers that read constraints (TPE, NSGA-II, GP) avoid
     # its region
     constraints: list[str] = field(default_factory=list)
+    # several objectives, in place of objective/direction: [{metric: val/acc, direction:
+    # maximize}, {metric: model/n_params, direction: minimize}]; the study keeps the Pareto
+    # front. The first is a per-epoch metric: the one pruned on
+    objectives: list[dict[str, str]] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)  # key -> sweep expression
 
 
@@ -602,12 +606,76 @@ def _check_tracking(tracking: TrackingConfig) -> None:
 
 
 def sweep_objective(cfg: Config) -> str:
-    """The metric a sweep optimises: `sweep.objective`, else `optimized_metric`, else val/acc."""
+    """The metric a sweep optimises (its first, with several): `sweep.objective`, else
+    `optimized_metric`, else val/acc."""
+    if cfg.sweep and cfg.sweep.objectives:
+        return str(cfg.sweep.objectives[0].get("metric"))
     return (cfg.sweep and cfg.sweep.objective) or cfg.optimized_metric or "val/acc"
+
+
+def sweep_objectives(cfg: Config) -> list[tuple[str, str]]:
+    """(metric, direction) of each objective of a sweep: `sweep.objectives`, else the one."""
+    assert cfg.sweep is not None
+    if cfg.sweep.objectives:
+        return [(str(o.get("metric")), str(o.get("direction"))) for o in cfg.sweep.objectives]
+    return [(sweep_objective(cfg), cfg.sweep.direction)]
+
+
+def _check_objectives(sweep: SweepConfig) -> None:
+    """Several objectives: each a logged metric with its direction, the first per-epoch."""
+    key = "sweep.objectives"
+    _require(
+        len(sweep.objectives) >= 2,
+        key,
+        sweep.objectives,
+        "needs two or more (or use sweep.objective)",
+    )
+    for i, objective in enumerate(sweep.objectives):
+        where = f"{key}[{i}]"
+        _require(
+            isinstance(objective, dict) and set(objective) == {"metric", "direction"},
+            where,
+            objective,
+            "must be {metric: <metric>, direction: maximize|minimize}",
+        )
+        allowed = EPOCH_METRICS if i == 0 else (*EPOCH_METRICS, *FINAL_METRICS)
+        rule = "the first is pruned on: a per-epoch metric" if i == 0 else "a logged metric"
+        _require(
+            objective["metric"] in allowed,
+            f"{where}.metric",
+            objective["metric"],
+            f"must be {rule}: {', '.join(allowed)}",
+        )
+        _one_of(f"{where}.direction", objective["direction"], DIRECTIONS)
+        _require(
+            not (objective["metric"].endswith("/loss") and objective["direction"] == "maximize"),
+            f"{where}.direction",
+            objective["direction"],
+            f"{objective['metric']} is a loss, minimize it",
+        )
+    metrics = [o["metric"] for o in sweep.objectives]
+    _require(len(set(metrics)) == len(metrics), key, metrics, "names a metric twice")
+    for name in ("target", "warm_start"):
+        value = getattr(sweep, name)
+        _require(value is None, f"sweep.{name}", value, "takes one objective (set sweep.objective)")
+    _require(
+        sweep.patience == 0,
+        "sweep.patience",
+        sweep.patience,
+        "takes one objective (set sweep.objective)",
+    )
+    _require(
+        sweep.objective in (None, metrics[0]),
+        "sweep.objective",
+        sweep.objective,
+        f"differs from sweep.objectives' first ({metrics[0]}): leave it unset",
+    )
 
 
 def _check_sweep(sweep: SweepConfig, cfg: Config) -> None:
     _one_of("sweep.direction", sweep.direction, DIRECTIONS)
+    if sweep.objectives:
+        _check_objectives(sweep)
     objective = sweep_objective(cfg)
     _require(
         objective in EPOCH_METRICS,
@@ -617,7 +685,7 @@ def _check_sweep(sweep: SweepConfig, cfg: Config) -> None:
         " (sweeps select on validation; test metrics are reported, never optimised)",
     )
     _require(
-        not (objective.endswith("/loss") and sweep.direction == "maximize"),
+        sweep.objectives or not (objective.endswith("/loss") and sweep.direction == "maximize"),
         "sweep.direction",
         sweep.direction,
         f"{objective} is a loss, minimize it",

@@ -44,6 +44,9 @@ def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
         link = ui_link(uri, summary.parent_run_id, summary.experiment_id)
         print(f"the sweep in MLflow: {link}  (`make ui` serves a local store)")
         print(f"its runs table:      {ui_link(uri, None, summary.experiment_id)}")
+    if plan.multi:
+        print_front(summary, plan)
+        return
     if summary.best_value is None:
         print("no trial completed")
         return
@@ -62,6 +65,24 @@ def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
         folder = summary.best_config_path.parent
         print(f"best config: {summary.best_config_path}")
         print(f"rerun it:    python -m sweeplab.train --config-path {folder} --config-name best")
+
+
+def print_front(summary: SweepSummary, plan: SweepPlan) -> None:
+    """The Pareto front as a small table, each point with the command that reruns it."""
+    if not summary.front:
+        print("no trial completed")
+        return
+    metrics = [metric for metric, _ in plan.objectives]
+    n = len(summary.front)
+    print(f"Pareto front ({n} trial{'s' if n > 1 else ''}), {' vs '.join(metrics)}:")
+    print("  trial  " + "  ".join(f"{m:>16}" for m in metrics) + "  rerun")
+    for point in summary.front:
+        values = "  ".join(f"{v:>16.6g}" for v in point.values)
+        rerun = "-"
+        if point.config_path is not None:
+            folder, name = point.config_path.parent, point.config_path.stem
+            rerun = f"python -m sweeplab.train --config-path {folder} --config-name {name}"
+        print(f"  {point.number:>5}  {values}  {rerun}")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

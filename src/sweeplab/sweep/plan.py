@@ -30,6 +30,7 @@ from sweeplab.config import (
     output_dir,
     parse_constraints,
     sweep_objective,
+    sweep_objectives,
     to_config,
     to_flat_dict,
     validate,
@@ -55,6 +56,7 @@ class SweepPlan:
     settings: SweepConfig
     objective: str
     space: SearchSpace
+    objectives: list[tuple[str, str]]  # (metric, direction), the first `objective`
     overrides: list[str]  # the command line's overrides, sweep=<name> included
     storage: str  # an RDB URL, or the path of a journal file
     tracking: TrackingConfig
@@ -83,6 +85,20 @@ class SweepPlan:
             trial.set_constraint(str(c), math.inf if value is None else c.violation(value))
 
     @property
+    def multi(self) -> bool:
+        """Several objectives: the study keeps a Pareto front, not one best trial."""
+        return len(self.objectives) > 1
+
+    def told(self, metrics: dict[str, float]) -> float | list[float]:
+        """What Optuna is told a completed trial reached: its objective's value, or each
+        objective's; FloatingPointError where one is not finite (a trial that diverged)."""
+        values = [metrics.get(metric, math.nan) for metric, _ in self.objectives]
+        for (metric, _), value in zip(self.objectives, values, strict=True):
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{metric}={value}")
+        return values if self.multi else values[0]
+
+    @property
     def workers(self) -> int:
         return self.settings.n_jobs or self.settings.workers
 
@@ -96,7 +112,7 @@ class SweepPlan:
             "overrides": sorted(
                 without_secrets(o) for o in self.overrides if not o.startswith("sweep")
             ),
-        }
+        } | ({"objectives": [list(o) for o in self.objectives]} if self.multi else {})
 
 
 def plan_sweep(
@@ -128,6 +144,7 @@ def plan_sweep(
         settings=settings,
         objective=objective,
         space=space,
+        objectives=sweep_objectives(cfg),
         overrides=list(overrides),
         storage=in_output_dir(
             settings.storage or str(output_dir() / "optuna" / f"{study_name}.journal")

@@ -15,7 +15,7 @@ import math
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -154,6 +154,17 @@ class SweepSummary:
     experiment_id: str | None = None  # the parent's and its trials' MLflow experiment
     wall_s: float = 0.0
     stacked: tuple[int, int] = (0, 0)  # trials trained in stacks, and how many stacks
+    front: list[ParetoPoint] = field(default_factory=list)  # with several objectives
+
+
+@dataclass
+class ParetoPoint:
+    """A trial of a multi-objective study's Pareto front, and the YAML that reruns it."""
+
+    number: int
+    values: list[float]
+    params: dict[str, Any]
+    config_path: Path | None
 
 
 def state_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
@@ -173,10 +184,15 @@ def report(
     summary = SweepSummary(plan.study_name, reason, counts, parent_run_id=parent_run_id)
     summary.stacked = (len(stacks), len(set(stacks)))
     folder = sweep_folder(plan.study_name)
-    write_trials_csv(trials, folder / "trials.csv")
+    write_trials_csv(trials, folder / "trials.csv", [metric for metric, _ in plan.objectives])
     client.log_artifact(parent_run_id, str(folder / "trials.csv"))
     for path in plots:
         client.log_artifact(parent_run_id, str(path), "optuna")
+    if plan.multi:
+        summary.front = write_pareto(plan, study, folder)
+        for path in [folder / "pareto.csv", *(p.config_path for p in summary.front)]:
+            if path is not None:
+                client.log_artifact(parent_run_id, str(path), "pareto")
     best = best_or_none(study)
     if best is not None:
         try:
@@ -207,6 +223,37 @@ def report(
     return summary
 
 
+def write_pareto(plan: SweepPlan, study: optuna.Study, folder: Path) -> list[ParetoPoint]:
+    """The Pareto front (Optuna's `best_trials`: of the feasible trials, those no other beats
+    on every objective) by the first objective: `pareto.csv`, and `pareto-<trial>.yaml` that
+    reruns each, in the sweep's folder (a resume's front replaces the last one's)."""
+    for stale in folder.glob("pareto-*.yaml"):
+        stale.unlink()
+    sign = -1 if plan.objectives[0][1] == "maximize" else 1
+    front = sorted(study.best_trials, key=lambda t: sign * t.values[0])
+    points = []
+    for trial in front:
+        name = f"pareto-{trial.number}"
+        path: Path | None = folder / f"{name}.yaml"
+        try:
+            path.write_text(best_config_yaml(plan, trial, rerun_config(plan, trial), folder, name))
+        except ConfigError as err:  # e.g. conf/ changed under a long sweep
+            print(
+                f"warning: trial {trial.number}'s config no longer composes: {err}", file=sys.stderr
+            )
+            path = None
+        points.append(ParetoPoint(trial.number, list(trial.values), dict(trial.params), path))
+    metrics = [metric for metric, _ in plan.objectives]
+    keys = sorted({key for p in points for key in p.params})
+    with (folder / "pareto.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["number", *metrics, *(f"params_{k}" for k in keys), "config"])
+        for p in points:
+            row = [p.number, *p.values, *(p.params.get(k, "") for k in keys), p.config_path or ""]
+            writer.writerow(row)
+    return points
+
+
 def sweep_note(plan: SweepPlan, summary: SweepSummary) -> str:
     """The parent run's description: the study's trials, its best, where its files are."""
     counts = ", ".join(f"{n} {state.lower()}" for state, n in summary.counts.items())
@@ -215,6 +262,14 @@ def sweep_note(plan: SweepPlan, summary: SweepSummary) -> str:
         if summary.best_value is not None
         else ""
     )
+    if plan.multi:
+        return (
+            f"Optuna study `{plan.study_name}`: {counts} trials ({summary.stop_reason}), "
+            f"{' vs '.join(m for m, _ in plan.objectives)}: {len(summary.front)} trials on the "
+            "Pareto front. Its trials are the nested runs; `optuna/pareto_front.png` draws the "
+            "front, `pareto/pareto.csv` lists it, `pareto/pareto-<trial>.yaml` reruns each with "
+            "`python -m sweeplab.train --config-path <folder> --config-name pareto-<trial>`."
+        )
     return (
         f"Optuna study `{plan.study_name}`: {counts} trials ({summary.stop_reason}).{best} "
         "Its trials are the nested runs; `optuna/` holds the study's plots, `best.yaml` reruns the "
@@ -280,15 +335,19 @@ def log_model(plan: SweepPlan, result: TrainResult, cfg: Config, run_id: str) ->
         )
 
 
-def write_trials_csv(trials: list[optuna.trial.FrozenTrial], path: Path) -> None:
+def write_trials_csv(
+    trials: list[optuna.trial.FrozenTrial], path: Path, objectives: list[str]
+) -> None:
     """One row per trial, as Optuna's `trials_dataframe` has them (without loading pandas):
-    number, value, state, start, duration, then params_* and user_attrs_* columns."""
+    number, value (with several objectives `values_<metric>` each), state, start, duration,
+    then params_* and user_attrs_* columns."""
     params = sorted({key for t in trials for key in t.params})
     attrs = sorted({key for t in trials for key in t.user_attrs})
+    values = ["value"] if len(objectives) == 1 else [f"values_{m}" for m in objectives]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["number", "value", "state", "datetime_start", "duration_s"]
+            ["number", *values, "state", "datetime_start", "duration_s"]
             + [f"params_{key}" for key in params]
             + [f"user_attrs_{key}" for key in attrs]
         )
@@ -297,7 +356,7 @@ def write_trials_csv(trials: list[optuna.trial.FrozenTrial], path: Path) -> None
             writer.writerow(
                 [
                     t.number,
-                    "" if t.value is None else t.value,
+                    *(t.values or [""] * len(values)),
                     t.state.name,
                     t.datetime_start,
                     duration,
@@ -308,13 +367,18 @@ def write_trials_csv(trials: list[optuna.trial.FrozenTrial], path: Path) -> None
 
 
 def best_config_yaml(
-    plan: SweepPlan, best: optuna.trial.FrozenTrial, cfg: Config, folder: Path
+    plan: SweepPlan, best: optuna.trial.FrozenTrial, cfg: Config, folder: Path, name: str = "best"
 ) -> str:
-    """best.yaml: the trial's whole config, headed by how it was found and how to rerun it."""
+    """best.yaml (<name>.yaml): the trial's whole config, headed by how it was found and how to
+    rerun it."""
+    reached = " ".join(
+        f"{m}={v:.6g}" for (m, _), v in zip(plan.objectives, best.values, strict=True)
+    )
+    kind = "Pareto-optimal trial" if plan.multi else "Best trial"
     header = (
-        f"# Best trial {best.number} of study '{plan.study_name}': {plan.objective}={best.value:.6g}\n"
+        f"# {kind} {best.number} of study '{plan.study_name}': {reached}\n"
         f"# params: {' '.join(to_overrides(best.params))}\n"
-        f"# rerun:  python -m sweeplab.train --config-path {folder} --config-name best\n"
+        f"# rerun:  python -m sweeplab.train --config-path {folder} --config-name {name}\n"
     )
     hydra_section = (
         "hydra:\n  run:\n    dir: ${sweeplab_output:}/hydra/${now:%Y-%m-%d}/${now:%H-%M-%S}\n"
@@ -340,22 +404,30 @@ def sweep_folder(study_name: str) -> Path:
     return folder
 
 
-def save_study_plots(study: optuna.Study, study_name: str, objective: str) -> list[Path]:
+def save_study_plots(study: optuna.Study, study_name: str, objectives: list[str]) -> list[Path]:
     """Optuna's optimisation history, parallel coordinates, parameter importances and slice plots
-    as PNGs in the sweep's folder, their value axis named `objective`, sized to their number of
-    parameters; a plot the study cannot make yet (e.g. importances from one trial) is skipped."""
+    as PNGs in the sweep's folder, their value axis named by the (first) objective, sized to
+    their number of parameters; with several objectives also the Pareto front, its axes named.
+    A plot the study cannot make yet (e.g. importances from one trial) is skipped."""
     folder = sweep_folder(study_name)
     optuna_plots, PedAnovaImportanceEvaluator = load_plotting()  # noqa: N806 - a class
     plt = pyplot()
+    first = {"target_name": objectives[0]}
+    if len(objectives) > 1:  # Optuna's single-value plots need the value to show
+        first["target"] = lambda trial: trial.values[0]
     makers = {
-        "optimization_history": optuna_plots.plot_optimization_history,
-        "parallel_coordinate": optuna_plots.plot_parallel_coordinate,
+        "optimization_history": functools.partial(optuna_plots.plot_optimization_history, **first),
+        "parallel_coordinate": functools.partial(optuna_plots.plot_parallel_coordinate, **first),
         # PED-ANOVA: Optuna's fast importance evaluator (its default fANOVA fits a forest)
         "param_importances": functools.partial(
-            optuna_plots.plot_param_importances, evaluator=PedAnovaImportanceEvaluator()
+            optuna_plots.plot_param_importances, evaluator=PedAnovaImportanceEvaluator(), **first
         ),
-        "slice": optuna_plots.plot_slice,
+        "slice": functools.partial(optuna_plots.plot_slice, **first),
     }
+    if len(objectives) > 1:
+        makers["pareto_front"] = functools.partial(
+            optuna_plots.plot_pareto_front, target_names=objectives
+        )
     n_params = len({name for t in study.get_trials(deepcopy=False) for name in t.params})
     sizes = {  # inches: a panel or an axis per parameter, their labels apart
         "parallel_coordinate": (max(8.0, 1.7 * (n_params + 1)), 5.5),
@@ -366,7 +438,7 @@ def save_study_plots(study: optuna.Study, study_name: str, objective: str) -> li
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                axes = make(study, target_name=objective)
+                axes = make(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as err:
             print(f"note: no {name} plot ({err})")
             continue

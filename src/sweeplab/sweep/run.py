@@ -133,7 +133,9 @@ def _end_of_sweep(
     try:
         # the plots are drawn while this thread feeds the helper the trials' last writes
         with ThreadPoolExecutor(1) as pool:
-            drawing = pool.submit(save_study_plots, study, plan.study_name, plan.objective)
+            drawing = pool.submit(
+                save_study_plots, study, plan.study_name, [m for m, _ in plan.objectives]
+            )
             worker.helper.sync()
             mark_phase("sweep: the trials' runs written")
             plots = drawing.result()

@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
+from optuna.trial import FrozenTrial
 
 from sweeplab.config import ConfigError, SweepConfig
 from sweeplab.sweep.space import SearchSpace
@@ -108,3 +109,47 @@ def _instantiate(kind: str, node: dict[str, Any]) -> Any:
     except InstantiationException as err:
         reason = str(err.__cause__ or err).splitlines()[0]
         raise ConfigError(f"sweep.{kind}={node}: {reason}") from None
+
+
+class FirstObjective:
+    """A study seen as its first objective's where one direction is asked for: a study of
+    several objectives prunes its trials on the first (Optuna's own refuses to name one)."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    @property
+    def direction(self) -> optuna.study.StudyDirection:
+        return self._study.directions[0]
+
+
+class PrunedTrialsAware(optuna.samplers.BaseSampler):
+    """A sampler of a study of several objectives that has pruned trials (which Optuna's
+    samplers do not expect there): TPE ranks a pruned trial by its last intermediate value, in
+    the study's one direction, here the first objective's (`FirstObjective`)."""
+
+    def __init__(self, sampler: optuna.samplers.BaseSampler) -> None:
+        self.sampler = sampler
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> Any:
+        return self.sampler.infer_relative_search_space(FirstObjective(study), trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, space: Any) -> Any:
+        return self.sampler.sample_relative(FirstObjective(study), trial, space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, name: str, distribution: Any
+    ) -> Any:
+        return self.sampler.sample_independent(FirstObjective(study), trial, name, distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.sampler.before_trial(FirstObjective(study), trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: Any, values: Any) -> None:
+        self.sampler.after_trial(FirstObjective(study), trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.sampler.reseed_rng()

@@ -16,7 +16,6 @@ trial is K members, one per seed; its value is their mean.
 from __future__ import annotations
 
 import copy
-import math
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from sweeplab.config import Config
 from sweeplab.phases import mark_phase
 from sweeplab.runtime import INTERRUPTED, interrupts_deferred
 from sweeplab.sweep.plan import SweepPlan, compose_trials, stackable, trial_run_name
+from sweeplab.sweep.sampling import FirstObjective
 from sweeplab.sweep.space import suggest, to_overrides
 from sweeplab.sweep.storage import (
     HEARTBEAT_S,
@@ -207,10 +207,12 @@ def _finish(entry: Claimed, run: TrackedRun, outcome: Outcome, context: Context)
         run.end("FINISHED", wait=False)
         _tell(context, entry, TrialState.PRUNED, None, None)
         return
-    error = outcome.error
-    value = math.nan if error else outcome.result.metrics[objective]
-    if error is None and not math.isfinite(value):
-        error = FloatingPointError(f"{objective}={value}")
+    error, value = outcome.error, None
+    if error is None:
+        try:
+            value = context.plan.told(outcome.result.metrics)
+        except FloatingPointError as err:
+            error = err
     if error is not None:
         run.fail(error, wait=False)
         _tell(context, entry, TrialState.FAIL, None, error)
@@ -278,15 +280,13 @@ class StackPruning:
         self.view.forget()
 
 
-class StudyView:
-    """The study, its `get_trials` answered from what it returned last until `forget()`."""
+class StudyView(FirstObjective):
+    """The study, its `get_trials` answered from what it returned last until `forget()`, its
+    `direction` the first objective's (what a pruner compares)."""
 
     def __init__(self, study: optuna.Study) -> None:
-        self._study = study
+        super().__init__(study)
         self._trials: dict[Any, list[optuna.trial.FrozenTrial]] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
 
     def get_trials(
         self, deepcopy: bool = True, states: Container[TrialState] | None = None

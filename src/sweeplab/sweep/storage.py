@@ -39,7 +39,7 @@ from sweeplab.redaction import without_secrets
 from sweeplab.runtime import interrupts_deferred
 from sweeplab.stores import why
 from sweeplab.sweep.plan import SweepPlan
-from sweeplab.sweep.sampling import make_pruner, make_sampler
+from sweeplab.sweep.sampling import PrunedTrialsAware, make_pruner, make_sampler
 from sweeplab.sweep.space import inside
 from sweeplab.training.mlflow_helper import shared_helper
 
@@ -336,7 +336,7 @@ def best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The best finished trial, or None while no trial has completed."""
     try:
         return study.best_trial
-    except ValueError:
+    except (ValueError, RuntimeError):  # RuntimeError: several objectives (a Pareto front)
         return None
 
 
@@ -350,7 +350,7 @@ def open_study(plan: SweepPlan) -> optuna.Study:
             storage=make_storage(plan.storage),
             sampler=_sampler(plan, seed_offset=0),
             pruner=make_pruner(plan.settings.pruner),
-            direction=plan.settings.direction,
+            directions=[direction for _, direction in plan.objectives],
             load_if_exists=True,
         )
 
@@ -364,7 +364,7 @@ def join_study(plan: SweepPlan, study: optuna.Study) -> int:
     study.set_user_attr("sweeplab_processes", joined + 1)
     if study.metric_names is None:  # Optuna's plots and optuna-dashboard name the objective
         with quiet_experimental():
-            study.set_metric_names([plan.objective])
+            study.set_metric_names([metric for metric, _ in plan.objectives])
     study.sampler = _sampler(plan, seed_offset=joined)
     return joined
 
@@ -430,7 +430,8 @@ def _sampler(plan: SweepPlan, seed_offset: int) -> optuna.samplers.BaseSampler:
     spec = dict(plan.settings.sampler)
     if plan.workers > 1 and spec.get("name", "") == "tpe":
         spec.setdefault("constant_liar", True)  # spreads out the trials running at once
-    return make_sampler(spec, plan.space, seed_offset)
+    sampler = make_sampler(spec, plan.space, seed_offset)
+    return PrunedTrialsAware(sampler) if plan.multi else sampler
 
 
 def check_resumable(plan: SweepPlan, study: optuna.Study) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import sys
 import threading
@@ -40,12 +39,14 @@ from sweeplab.sweep.storage import (
     best_or_none,
     is_dead,
     is_rdb,
+    keep_reports,
     mark_owner,
     quiet_experimental,
     retry,
     retry_once,
     stop_trials,
     worker_id,
+    write_reports,
 )
 from sweeplab.training import checkpoint
 from sweeplab.training.mlflow_helper import shared_helper
@@ -80,7 +81,10 @@ class PruningCallback(Callback):
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         value = metrics[self.metric]
-        self.trial.report(value, epoch)
+        # what Trial.report does, which Optuna refuses in a study of several objectives: there
+        # the first one's values are what its trials are pruned on
+        keep_reports([(self.trial, value, epoch)])
+        write_reports([(self.trial, value, epoch)])
         if time.monotonic() - self.read_at >= stacking.REPORT_EVERY_S:
             self.view.forget()
             self.read_at = time.monotonic()
@@ -202,8 +206,8 @@ class Worker:
                     file=sys.stderr,
                 )
 
-    def objective(self, trial: optuna.Trial) -> float:
-        """Train one trial's config; its objective's last value."""
+    def objective(self, trial: optuna.Trial) -> float | list[float]:
+        """Train one trial's config; its objective's last value (each objective's)."""
         self.lock.release()  # the trial exists now: other workers count it
         mark_owner(trial)
         values = suggest(trial, self.plan.space)
@@ -231,9 +235,7 @@ class Worker:
                 self.remove_checkpoints(trial.number, retry_of)
             raise
         self.remove_checkpoints(trial.number, retry_of)
-        value = result.metrics[self.plan.objective]
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{self.plan.objective}={value}")
+        value = self.plan.told(result.metrics)
         self.plan.record_result(trial, result.metrics)
         return value
 
@@ -293,11 +295,7 @@ class Worker:
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Tag the trial's MLflow run with its state, log the parent's best-so-far, print a line
         (the MLflow writes go through the helper)."""
-        last = (
-            trial.value
-            if trial.value is not None
-            else trial.intermediate_values.get(trial.last_step)
-        )
+        last = trial.values[0] if trial.values else trial.intermediate_values.get(trial.last_step)
         self._tag_state(trial.number, trial.state, trial.last_step, last, feasibility(trial))
         best = best_or_none(study)
         if trial.state == TrialState.COMPLETE and best is not None:
@@ -307,15 +305,27 @@ class Worker:
                 ("trial_value", trial.value, now, trial.number),
             ]
             self.helper.send(("metrics", self.parent_key, rows))
-        shown = f"{self.plan.objective}={trial.value:.4f}" if trial.value is not None else ""
-        std = trial.user_attrs.get(f"{self.plan.objective}_std")  # with sweep.repeats
-        shown += f"+-{std:.4f}" if shown and std is not None else ""
+        shown = self._values_text(trial)
         shown += " (infeasible)" if any(v > 0 for v in trial.constraints.values()) else ""
         params = describe(trial.params)
-        best_text = f"best={best.value:.4f} (trial {best.number})" if best else "best=-"
+        if self.plan.multi:
+            best_text = f"front={len(study.best_trials)}"
+        else:
+            best_text = f"best={best.value:.4f} (trial {best.number})" if best else "best=-"
         line = f"{self.label}trial {trial.number:>3} {trial.state.name:<8} {shown:<16} {best_text}  {params}"
         for hook in self.on_trial_done:
             hook(line)
+
+    def _values_text(self, trial: optuna.trial.FrozenTrial) -> str:
+        """ "val/acc=0.9700" (with repeats "+-0.0040"), or each objective's value."""
+        if not trial.values:
+            return ""
+        if self.plan.multi:
+            pairs = zip(self.plan.objectives, trial.values, strict=True)
+            return " ".join(f"{metric}={value:.4g}" for (metric, _), value in pairs)
+        std = trial.user_attrs.get(f"{self.plan.objective}_std")  # with sweep.repeats
+        shown = f"{self.plan.objective}={trial.value:.4f}"
+        return shown + (f"+-{std:.4f}" if std is not None else "")
 
     def _tag_state(
         self,

@@ -1,0 +1,137 @@
+"""Sweeps of several objectives: the Pareto front kept, written and printed; trials pruned on the
+first objective; bad objective specs refused before any trial."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from sweeplab.config import ConfigError
+from sweeplab.sweep.cli import print_summary
+from sweeplab.sweep.results import sweep_folder
+
+from .conftest import run_cli
+from .test_sweep import children, load, plan_and_run, sweep_overrides
+
+# accuracy against size; trials pruned on val/acc from their second epoch on
+PARETO = [
+    "sweep=synthetic_pareto",
+    "trainer.epochs=12",
+    "sweep.pruner.n_startup_trials=2",
+    "sweep.pruner.n_warmup_steps=1",
+    "sweep.sampler.n_startup_trials=4",
+]
+
+
+def dominates(a: list[float], b: list[float], directions: list[StudyDirection]) -> bool:
+    """`a` at least as good as `b` on every objective, and better on one."""
+    signs = [1 if d == StudyDirection.MAXIMIZE else -1 for d in directions]
+    better = [s * (x - y) for s, x, y in zip(signs, a, b, strict=True)]
+    return all(v >= 0 for v in better) and any(v > 0 for v in better)
+
+
+@pytest.mark.parametrize("stack", [1, 4])  # a trial at a time, and stacks
+def test_a_two_objective_sweep_keeps_prunes_and_writes_its_pareto_front(
+    stack, mlflow_uri, capsys, _isolated_output
+):
+    overrides = [*sweep_overrides(mlflow_uri)[1:], *PARETO]  # (sweep_overrides' own sweep=...)
+    name = f"pareto{stack}"
+    plan, summary = plan_and_run(
+        [*overrides, f"sweep.stack={stack}", f"sweep.study_name={name}", "sweep.n_trials=16"]
+    )
+    study = load(plan)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert any(t.state == TrialState.PRUNED for t in study.trials)  # on val/acc, per epoch
+    front = {p.number for p in summary.front}
+    assert front == {t.number for t in study.best_trials}
+    for t in complete:  # the front is exactly the trials no other trial dominates
+        beaten = any(dominates(o.values, t.values, study.directions) for o in complete)
+        assert beaten == (t.number not in front), t.number
+    # 2 inputs, d_H hidden units, 1 output: 4 d_H + 1 weights and biases
+    assert all(t.values[1] == 4 * t.params["model.d_hidden"] + 1 for t in complete)
+
+    folder = sweep_folder(name)
+    with (folder / "pareto.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["number"]) for r in rows] == [p.number for p in summary.front]
+    assert [float(r["val/acc"]) for r in rows] == sorted(
+        (float(r["val/acc"]) for r in rows), reverse=True
+    )
+    print_summary(summary, plan)  # what the command prints at its end
+    printed = capsys.readouterr().out
+    assert f"Pareto front ({len(front)} trials), val/acc vs model/n_params:" in printed
+    for point in summary.front:
+        assert f"--config-name pareto-{point.number}" in printed
+    client = MlflowClient(mlflow_uri)
+    parent = client.get_run(summary.parent_run_id)
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
+    assert f"pareto/pareto-{summary.front[0].number}.yaml" in logged
+    assert "pareto/pareto.csv" in logged
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")} >= {
+        "optuna/pareto_front.png"
+    }
+    assert f"{len(front)} trials on the Pareto front" in parent.data.tags["mlflow.note.content"]
+    assert len(children(mlflow_uri, summary.parent_run_id)) == 16
+
+    # a point of the front reruns to its values
+    point = summary.front[-1]
+    done = run_cli(
+        "sweeplab.train",
+        "--config-path",
+        str(folder),
+        "--config-name",
+        f"pareto-{point.number}",
+        f"tracking.uri={mlflow_uri}",
+        env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"val/acc={point.values[0]:.4f}" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("objectives", "message"),
+    [
+        (
+            "[{metric: val/acc, direction: maximize}]",
+            "sweep.objectives=[{'metric': 'val/acc', 'direction': 'maximize'}]: needs two or more",
+        ),
+        (
+            "[{metric: model/n_params, direction: minimize}, {metric: val/acc, direction: maximize}]",
+            "sweep.objectives[0].metric='model/n_params': must be the first is pruned on",
+        ),
+        (
+            "[{metric: val/acc, direction: maximize}, {metric: val/loss, direction: maximize}]",
+            "sweep.objectives[1].direction='maximize': val/loss is a loss, minimize it",
+        ),
+        (
+            "[{metric: val/acc, direction: maximize}, {metric: model/size, direction: minimize}]",
+            "sweep.objectives[1].metric='model/size': must be a logged metric",
+        ),
+        (
+            "[{metric: val/acc, direction: maximize}, {metric: val/acc, direction: minimize}]",
+            "names a metric twice",
+        ),
+        (
+            "[{metric: val/acc, direction: up}, {metric: val/loss, direction: minimize}]",
+            "sweep.objectives[0].direction='up': must be one of",
+        ),
+    ],
+)
+def test_bad_objectives_are_refused_before_any_trial(objectives, message, mlflow_uri):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        plan_and_run(sweep_overrides(mlflow_uri, f"+sweep.objectives={objectives}"))
+
+
+def test_several_objectives_take_no_target(mlflow_uri):
+    objectives = (
+        "[{metric: val/acc, direction: maximize}, {metric: model/n_params, direction: minimize}]"
+    )
+    with pytest.raises(ConfigError, match=re.escape("sweep.target=0.9: takes one objective")):
+        plan_and_run(
+            sweep_overrides(mlflow_uri, f"sweep.objectives={objectives}", "sweep.target=0.9")
+        )
