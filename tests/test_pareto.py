@@ -135,3 +135,17 @@ def test_several_objectives_take_no_target(mlflow_uri):
         plan_and_run(
             sweep_overrides(mlflow_uri, f"sweep.objectives={objectives}", "sweep.target=0.9")
         )
+
+
+def test_a_constraint_keeps_infeasible_trials_off_the_front(mlflow_uri):
+    overrides = [*sweep_overrides(mlflow_uri)[1:], *PARETO, "sweep.n_trials=10", "sweep.stack=4"]
+    overrides.append("sweep.pruner.name=none")  # every trial completes: feasible or not
+    constraint = "sweep.constraints=['model/n_params <= 60']"  # d_H <= 14
+    plan, summary = plan_and_run([*overrides, "sweep.study_name=pareto-c", constraint])
+    complete = [t for t in load(plan).trials if t.state == TrialState.COMPLETE]
+    feasible = [t for t in complete if t.values[1] <= 60]
+    assert len(feasible) < len(complete)  # some broke it
+    assert summary.front and all(p.values[1] <= 60 for p in summary.front)
+    for t in feasible:  # the front: the feasible trials no feasible trial dominates
+        beaten = any(dominates(o.values, t.values, load(plan).directions) for o in feasible)
+        assert beaten == (t.number not in {p.number for p in summary.front})
