@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import optuna
@@ -94,14 +95,12 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
         count_invocation(plan, parent_run_id)
     deadline = started + plan.settings.timeout if plan.settings.timeout else None
     procs = _start_workers(plan, argv, deadline) if argv is not None else []
-    # the plots at the end need matplotlib and scikit-learn (seconds to import): a thread
-    # imports them while the trials train (with the GIL released), not while they are claimed
-    threading.Thread(target=_load_plotting_early, args=(worker,), daemon=True).start()
     bar = _progress(plan, study)
     worker.on_trial_done.append(lambda line: _echo(bar, line, study))
     client, experiment_id = mlflow_client(plan)
     try:
-        reason = _work_while_workers_run(worker, procs, deadline)
+        with _plotting_loaded_while_training(worker):
+            reason = _work_while_workers_run(worker, procs, deadline)
     except KeyboardInterrupt:
         _stop_workers(procs)
         client.set_tag(parent_run_id, "failure_reason", "interrupted; rerun the command to resume")
@@ -157,10 +156,31 @@ def _end_of_sweep(
     return summary
 
 
-def _load_plotting_early(worker: Worker) -> None:
-    worker.training.wait()
-    with contextlib.suppress(Exception):  # a head start only (the report imports them anyway),
-        load_plotting()  # cut short if the sweep ends first
+@contextlib.contextmanager
+def _plotting_loaded_while_training(worker: Worker) -> Iterator[None]:
+    """The plots at the end need matplotlib and scikit-learn (seconds to import): a thread
+    imports them while the trials train (with the GIL released), not while they are claimed.
+
+    The thread is joined on the way out, an interrupt included: a daemon thread that the
+    interpreter's exit cuts off inside an extension module's import aborts the whole process
+    (`terminate called without an active exception`, exit status -6 instead of 130).
+    """
+    ended = threading.Event()
+
+    def load() -> None:
+        while not worker.training.wait(0.1):
+            if ended.is_set():  # no trial trained here: the report imports them if it needs them
+                return
+        with contextlib.suppress(Exception):  # a head start only: the report imports them anyway
+            load_plotting()
+
+    thread = threading.Thread(target=load, name="import-plotting")
+    thread.start()
+    try:
+        yield
+    finally:
+        ended.set()
+        thread.join()
 
 
 def _stopped_by_machine(
