@@ -6,14 +6,18 @@ from __future__ import annotations
 import csv
 import re
 
+import optuna
 import pytest
+from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from sweeplab.config import ConfigError
+from sweeplab.config import CONF_DIR, ConfigError, register_configs
 from sweeplab.sweep.cli import print_summary
-from sweeplab.sweep.results import sweep_folder
+from sweeplab.sweep.front import FrontGuard
+from sweeplab.sweep.plan import plan_sweep
+from sweeplab.sweep.results import FRONT_TAG, sweep_folder
 
 from .conftest import run_cli
 from .test_sweep import children, load, plan_and_run, sweep_overrides
@@ -30,9 +34,12 @@ PARETO = [
 
 def dominates(a: list[float], b: list[float], directions: list[StudyDirection]) -> bool:
     """`a` at least as good as `b` on every objective, and better on one."""
+    return at_least_as_good(a, b, directions) and a != b
+
+
+def at_least_as_good(a: list[float], b: list[float], directions: list[StudyDirection]) -> bool:
     signs = [1 if d == StudyDirection.MAXIMIZE else -1 for d in directions]
-    better = [s * (x - y) for s, x, y in zip(signs, a, b, strict=True)]
-    return all(v >= 0 for v in better) and any(v > 0 for v in better)
+    return all(s * (x - y) >= 0 for s, x, y in zip(signs, a, b, strict=True))
 
 
 @pytest.mark.parametrize("stack", [1, 4])  # a trial at a time, and stacks
@@ -54,6 +61,18 @@ def test_a_two_objective_sweep_keeps_prunes_and_writes_its_pareto_front(
         assert beaten == (t.number not in front), t.number
     # 2 inputs, d_H hidden units, 1 output: 4 d_H + 1 weights and biases
     assert all(t.values[1] == 4 * t.params["model.d_hidden"] + 1 for t in complete)
+    for t in study.trials:  # each pruned trial was behind the front when it was pruned: a
+        if t.state == TrialState.PRUNED:  # trial done by then is as accurate, and no bigger
+            shown = [t.intermediate_values[t.last_step], 4 * t.params["model.d_hidden"] + 1]
+            assert any(
+                o.datetime_complete < t.datetime_complete
+                and at_least_as_good(o.values, shown, study.directions)
+                for o in complete
+            ), t.number
+    runs = {t.number: t.user_attrs["mlflow_run_id"] for t in complete}
+    client = MlflowClient(mlflow_uri)
+    tagged = {n for n, run in runs.items() if client.get_run(run).data.tags.get(FRONT_TAG)}
+    assert tagged == front  # (filtered in the UI with tags.sweeplab.pareto = "true")
 
     folder = sweep_folder(name)
     with (folder / "pareto.csv").open() as handle:
@@ -149,3 +168,46 @@ def test_a_constraint_keeps_infeasible_trials_off_the_front(mlflow_uri):
     for t in feasible:  # the front: the feasible trials no feasible trial dominates
         beaten = any(dominates(o.values, t.values, load(plan).directions) for o in feasible)
         assert beaten == (t.number not in {p.number for p in summary.front})
+
+
+@pytest.mark.parametrize(
+    ("d_hidden", "val_acc", "finished", "spared"),
+    [
+        (8, 0.70, [(0.90, 33)], False),  # as small as a finished trial and less accurate
+        (8, 0.70, [(0.90, 41)], True),  # smaller than every finished trial
+        (8, 0.95, [(0.90, 33)], True),  # more accurate than every finished trial
+        (8, 0.70, [(0.90, 41), (0.80, 21)], False),  # behind one of them
+        (8, 0.70, [(0.90, 33, 1.0)], True),  # the only one ahead broke a constraint
+        (8, 0.70, [], True),  # nothing finished yet
+    ],
+)
+def test_pruning_spares_a_trial_no_finished_trial_is_ahead_of(
+    d_hidden, val_acc, finished, spared, make_config
+):
+    """Accuracy against size: what the pruner would stop goes on where it may be on the front."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for acc, n_params, *excess in finished:
+        constraints = {"model/n_params <= 40": excess[0]} if excess else None
+        study.add_trial(optuna.trial.create_trial(values=[acc, n_params], constraints=constraints))
+    objectives = [("val/acc", "maximize"), ("model/n_params", "minimize")]
+    guard = FrontGuard(objectives, make_config("data=synthetic", f"model.d_hidden={d_hidden}"))
+    assert guard.known == {"model/n_params": 33, "model/flops": 57}  # 4 d_H + 1; 7 d_H + 1
+    assert guard.spares(study, {"val/acc": val_acc, "val/loss": 0.5}) == spared
+
+
+def test_pruning_spares_every_trial_while_an_objective_is_unknown(make_config, capsys):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(values=[0.99, 1e-6]))
+    objectives = [("val/acc", "maximize"), ("test/predict_us_per_sample", "minimize")]
+    guard = FrontGuard(objectives, make_config("data=synthetic"))
+    assert guard.spares(study, {"val/acc": 0.1})
+    register_configs()  # and the sweep says so before it starts
+    late = (
+        "sweep.objectives=[{metric: val/acc, direction: maximize},"
+        " {metric: test/predict_us_per_sample, direction: minimize}]"
+    )
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        overrides = ["sweep=synthetic_pareto", late]
+        plan_sweep(compose("config", overrides), overrides, None)
+    note = "note: test/predict_us_per_sample is known only at a trial's end, so no trial is pruned"
+    assert note in capsys.readouterr().err

@@ -36,13 +36,8 @@ DIRECTIONS = ("maximize", "minimize")
 EPOCH_METRICS = ("val/acc", "val/loss", "train/acc", "train/loss")  # what a sweep may optimise
 # what every run logs once, at its end (training.trainer.final_metrics): what sweep.constraints
 # may also bound
-FINAL_METRICS = (
-    "test/loss",
-    "test/acc",
-    "test/predict_us_per_sample",
-    "model/n_params",
-    "model/flops",
-)
+SIZE_METRICS = ("model/n_params", "model/flops")  # known before a run trains
+FINAL_METRICS = ("test/loss", "test/acc", "test/predict_us_per_sample", *SIZE_METRICS)
 CONSTRAINT = re.compile(r"\s*(?P<metric>\S+)\s*(?P<op><=|>=|<|>)\s*(?P<bound>\S+)\s*")
 
 YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's, where it is built

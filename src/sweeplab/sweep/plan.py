@@ -20,6 +20,8 @@ from optuna.trial import TrialState
 
 from sweeplab.config import (
     CONF_DIR,
+    EPOCH_METRICS,
+    SIZE_METRICS,
     Config,
     ConfigError,
     Constraint,
@@ -29,7 +31,6 @@ from sweeplab.config import (
     in_output_dir,
     output_dir,
     parse_constraints,
-    sweep_objective,
     sweep_objectives,
     to_config,
     to_flat_dict,
@@ -54,13 +55,13 @@ class SweepPlan:
 
     study_name: str
     settings: SweepConfig
-    objective: str
     space: SearchSpace
-    objectives: list[tuple[str, str]]  # (metric, direction), the first `objective`
+    objectives: list[tuple[str, str]]  # (metric, direction) of each: the first is `objective`
     overrides: list[str]  # the command line's overrides, sweep=<name> included
     storage: str  # an RDB URL, or the path of a journal file
     tracking: TrackingConfig
     config_name: str = "config"
+    constraints: list[Constraint] = field(default_factory=list)  # `sweep.constraints`, parsed
     # trial configs at every bound and choice of the space, made when the space was checked
     corners: list[Config] = field(default_factory=list)
 
@@ -70,17 +71,18 @@ class SweepPlan:
         return self.corners[0] if self.corners else None
 
     @property
-    def constraints(self) -> list[Constraint]:
-        return parse_constraints(self.settings.constraints)
+    def objective(self) -> str:
+        """The metric Optuna optimises (the first, with several objectives)."""
+        return self.objectives[0][0]
 
     def record_result(self, trial: optuna.Trial, metrics: dict[str, float]) -> None:
         """What a completed trial keeps in Optuna beside its value: its test accuracy and loss,
         the metrics `sweep.constraints` bound, and by how much it breaks each of them (Optuna's
         best trial and samplers take the feasible ones, where every value is <= 0)."""
-        constraints = self.constraints
-        for key in dict.fromkeys(["test/acc", "test/loss", *(c.metric for c in constraints)]):
+        bound = [c.metric for c in self.constraints]
+        for key in dict.fromkeys(["test/acc", "test/loss", *bound]):
             trial.set_user_attr(key, metrics.get(key))
-        for c in constraints:
+        for c in self.constraints:
             value = metrics.get(c.metric)
             trial.set_constraint(str(c), math.inf if value is None else c.violation(value))
 
@@ -125,8 +127,6 @@ def plan_sweep(
     if settings is None:
         available = ", ".join(sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")))
         raise ConfigError(f"sweep=None: choose a sweep with sweep=<name> (shipped: {available})")
-    objective = sweep_objective(cfg)  # checked by to_config with the other sweep values
-
     space = parse_space(settings.params)
     # a key fixed on the command line wins over the search space (as in hydra-optuna-sweeper)
     fixed_by_user = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
@@ -136,15 +136,15 @@ def plan_sweep(
     if not space.distributions:
         raise ConfigError("sweep.params: nothing to search (every parameter is fixed)")
     make_sampler(settings.sampler, space)
-    make_pruner(settings.pruner)
+    pruner = make_pruner(settings.pruner)
 
     study_name = settings.study_name or sweep_name or "sweep"
     plan = SweepPlan(
         study_name=study_name,
         settings=settings,
-        objective=objective,
         space=space,
-        objectives=sweep_objectives(cfg),
+        objectives=sweep_objectives(cfg),  # checked by to_config with the other sweep values
+        constraints=parse_constraints(settings.constraints),
         overrides=list(overrides),
         storage=in_output_dir(
             settings.storage or str(output_dir() / "optuna" / f"{study_name}.journal")
@@ -154,6 +154,13 @@ def plan_sweep(
     settings.enqueue = [
         checked_enqueued(plan, i, params) for i, params in enumerate(settings.enqueue)
     ]
+    late = [m for m, _ in plan.objectives if m not in (*EPOCH_METRICS, *SIZE_METRICS)]
+    if late and not isinstance(pruner, optuna.pruners.NopPruner):
+        print(
+            f"note: {', '.join(late)} is known only at a trial's end, so no trial is pruned"
+            " (it could have been on the Pareto front)",
+            file=sys.stderr,
+        )
     if not check_trials:
         return plan
     for values in extremes(space):

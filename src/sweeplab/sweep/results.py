@@ -48,6 +48,9 @@ from sweeplab.training.mlflow_store import MAX_BATCH, connect
 from sweeplab.training.tracking import NOTE_TAG, TrackedRun, param_text, run_params, train
 from sweeplab.training.trainer import TrainResult
 
+FRONT_TAG = "sweeplab.pareto"  # on a trial's run: whether the trial is on the Pareto front
+FRONT_ATTR = "pareto_front"  # on the study: the trials tagged on the front
+
 
 def mlflow_client(plan: SweepPlan) -> tuple[MlflowClient, str]:
     return connect(store_uri(plan.tracking), plan.tracking.experiment, str(output_dir()))
@@ -190,6 +193,7 @@ def report(
         client.log_artifact(parent_run_id, str(path), "optuna")
     if plan.multi:
         summary.front = write_pareto(plan, study, folder)
+        tag_front(client, study, [p.number for p in summary.front])
         for path in [folder / "pareto.csv", *(p.config_path for p in summary.front)]:
             if path is not None:
                 client.log_artifact(parent_run_id, str(path), "pareto")
@@ -221,6 +225,17 @@ def report(
         client.log_metric(parent_run_id, f"trials/{state.lower()}", count)
     client.set_tag(parent_run_id, NOTE_TAG, sweep_note(plan, summary))
     return summary
+
+
+def tag_front(client: MlflowClient, study: optuna.Study, front: list[int]) -> None:
+    """`sweeplab.pareto=true` on the runs of the front's trials (a filter in the MLflow UI:
+    `tags.sweeplab.pareto = "true"`); "false" on those a resume's trials pushed off it."""
+    trials = study.get_trials(deepcopy=False)
+    before = study.user_attrs.get(FRONT_ATTR, [])
+    for number in sorted(set(front) ^ set(before)):
+        if (run_id := trials[number].user_attrs.get("mlflow_run_id")) is not None:
+            client.set_tag(run_id, FRONT_TAG, str(number in front).lower())
+    study.set_user_attr(FRONT_ATTR, front)
 
 
 def write_pareto(plan: SweepPlan, study: optuna.Study, folder: Path) -> list[ParetoPoint]:

@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 from sweeplab.config import Config
 from sweeplab.phases import mark_phase
 from sweeplab.runtime import INTERRUPTED, interrupts_deferred
+from sweeplab.sweep.front import FrontGuard, front_guard
 from sweeplab.sweep.plan import SweepPlan, compose_trials, stackable, trial_run_name
 from sweeplab.sweep.sampling import FirstObjective
 from sweeplab.sweep.space import suggest, to_overrides
@@ -154,7 +155,8 @@ def train_stack(entries: list[Claimed], context: Context) -> None:
     context.announce(f"stack of {len(entries)} trials ({numbers})")
     runs = [_start_run(entry, context) for entry in entries]
     groups = [Group(entry.configs, [run]) for entry, run in zip(entries, runs, strict=True)]
-    pruning = StackPruning(context.study, [e.trial for e in entries], plan.objective)
+    guards = [front_guard(plan, entry.configs[0]) for entry in entries]
+    pruning = StackPruning(context.study, [e.trial for e in entries], plan.objective, guards)
     mark_phase(f"sweep: stack of {len(entries)} ready to train")
     try:
         with heartbeats(context.study, [e.trial for e in entries]):
@@ -247,12 +249,20 @@ class StackPruning:
     written to the storage for all trials at once, at most every REPORT_EVERY_S, and before
     the trials end), then each trial's pruner decision (as `Trial.should_prune` does, on a
     view of the study whose trial list is re-read at that pace: a pruner reads the whole list
-    for every decision, a query each time on an RDB storage, per trial and epoch)."""
+    for every decision, a query each time on an RDB storage, per trial and epoch). With several
+    objectives, each trial's guard spares it where it may be on the Pareto front."""
 
-    def __init__(self, study: optuna.Study, trials: list[optuna.Trial], metric: str) -> None:
+    def __init__(
+        self,
+        study: optuna.Study,
+        trials: list[optuna.Trial],
+        metric: str,
+        guards: list[FrontGuard | None],
+    ) -> None:
         self.view = StudyView(study)
         self.trials = trials
         self.metric = metric
+        self.guards = guards
         self.unwritten: list[tuple[optuna.Trial, float, int]] = []
         self.written_at = time.monotonic()
 
@@ -266,7 +276,7 @@ class StackPruning:
             self.write()
         pruned = {}
         for g, values in metrics.items():
-            if self.view.pruner.prune(self.view, self.trials[g]._get_latest_trial()):
+            if prunes(self.view, self.trials[g], self.guards[g], values):
                 value = values[self.metric]
                 pruned[g] = optuna.TrialPruned(
                     f"pruned at epoch {epoch} with {self.metric}={value:.4g}"
@@ -278,6 +288,15 @@ class StackPruning:
         self.unwritten = []
         self.written_at = time.monotonic()
         self.view.forget()
+
+
+def prunes(
+    view: StudyView, trial: optuna.Trial, guard: FrontGuard | None, metrics: dict[str, float]
+) -> bool:
+    """The pruner's word on `trial` (as `Trial.should_prune`), unless its guard spares it."""
+    if not view.pruner.prune(view, trial._get_latest_trial()):
+        return False
+    return guard is None or not guard.spares(view, metrics)
 
 
 class StudyView(FirstObjective):

@@ -29,6 +29,7 @@ from sweeplab.machine import machine_failure
 from sweeplab.phases import mark_phase
 from sweeplab.runtime import INTERRUPTED, stopping
 from sweeplab.sweep import stacking
+from sweeplab.sweep.front import FrontGuard, front_guard
 from sweeplab.sweep.plan import SweepPlan, compose_trial, compose_trials, trial_note, trial_run_name
 from sweeplab.sweep.space import describe, extremes, suggest, to_overrides
 from sweeplab.sweep.stopping import plateau
@@ -71,11 +72,13 @@ class PruningCallback(Callback):
     """Reports the objective to Optuna after every epoch and stops a trial it prunes (as
     `Trial.should_prune` does, on a view of the study re-read at most every REPORT_EVERY_S: a
     pruner reads the running trials for every decision, each epoch's values included, on an RDB
-    storage a query that grows with the epochs)."""
+    storage a query that grows with the epochs). With several objectives, `guard` spares a
+    trial that may be on the Pareto front."""
 
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+    def __init__(self, trial: optuna.Trial, metric: str, guard: FrontGuard | None) -> None:
         self.trial = trial
         self.metric = metric
+        self.guard = guard
         self.view = stacking.StudyView(trial.study)
         self.read_at = time.monotonic()
 
@@ -88,7 +91,7 @@ class PruningCallback(Callback):
         if time.monotonic() - self.read_at >= stacking.REPORT_EVERY_S:
             self.view.forget()
             self.read_at = time.monotonic()
-        if self.view.pruner.prune(self.view, self.trial._get_latest_trial()):
+        if stacking.prunes(self.view, self.trial, self.guard, metrics):
             raise optuna.TrialPruned(f"pruned at epoch {epoch} with {self.metric}={value:.4g}")
 
 
@@ -258,7 +261,7 @@ class Worker:
             tags["sweeplab.resumed_from_epoch"] = str(resume.epoch)
         return train_and_track(
             cfg,
-            callbacks=(PruningCallback(trial, self.plan.objective),),
+            callbacks=(PruningCallback(trial, self.plan.objective, front_guard(self.plan, cfg)),),
             parent_run_id=self.parent_run_id,
             tags=tags,
             finished_on=(optuna.TrialPruned,),

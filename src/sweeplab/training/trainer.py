@@ -268,14 +268,7 @@ def setup(cfg: Config) -> Setup:
     device = resolve_device(cfg.trainer.device)
     data = load_dataset(cfg.data).to(device)
     torch.manual_seed(cfg.seed)
-    model = TwoLayerNet(
-        data.n_features,
-        cfg.model.d_hidden,
-        data.n_outputs,
-        cfg.model.activation,
-        dropout=cfg.model.dropout,
-        input_dropout=cfg.model.input_dropout,
-    ).to(device)
+    model = network(cfg, data).to(device)
     optimizer = build_optimizer(list(model.parameters()), cfg.optimizer)
     loss_fn = loss_for_task(data.task)
     augment = None
@@ -294,6 +287,18 @@ def setup(cfg: Config) -> Setup:
         torch.Generator().manual_seed(
             cfg.seed if cfg.trainer.shuffle_seed is None else cfg.trainer.shuffle_seed
         ),
+    )
+
+
+def network(cfg: Config, data: Dataset) -> TwoLayerNet:
+    """The network `cfg.model` describes, for `data`'s inputs and outputs."""
+    return TwoLayerNet(
+        data.n_features,
+        cfg.model.d_hidden,
+        data.n_outputs,
+        cfg.model.activation,
+        dropout=cfg.model.dropout,
+        input_dropout=cfg.model.input_dropout,
     )
 
 
@@ -382,6 +387,14 @@ def model_size(model: TwoLayerNet, data: Dataset, chunk: int) -> dict[str, float
     layers = (model.hidden, model.output)
     flops = sum(2 * layer.weight.numel() + layer.bias.numel() for layer in layers)
     return {"model/n_params": sum(p.numel() for p in model.parameters()), "model/flops": flops}
+
+
+def size_before_training(cfg: Config) -> dict[str, float]:
+    """`model_size` of the network `cfg` trains, known before it trains (a multi-objective
+    sweep's pruning weighs it)."""
+    data = load_dataset(cfg.data)
+    with torch.device("meta"):  # shapes only: no weights drawn
+        return model_size(network(cfg, data), data, 0)
 
 
 # what a run measures once, at its end, beside the test loss and accuracy: each function takes the

@@ -1,0 +1,50 @@
+"""Pruning in a study of several objectives, which must not cost it its Pareto front.
+
+The pruner judges a trial on the first objective alone (its per-epoch values against its peers'
+at the same epoch). That is not enough here: a trial hopeless on accuracy may be the smallest
+network of the sweep, a point of the front. So a trial the pruner would stop is stopped only
+where a finished trial already is at least as good on every objective as what the trial has
+shown so far: the first objective's value this epoch, each other objective's value where it is
+known while training (the network's size, known before it trains; a metric of every epoch).
+A trial with an objective measured only at its end (`test/...`) is never pruned.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from sweeplab.config import Config
+from sweeplab.sweep.plan import SweepPlan
+from sweeplab.training.trainer import size_before_training
+
+
+class FrontGuard:
+    """Whether pruning must spare one trial of a study of several objectives."""
+
+    def __init__(self, objectives: list[tuple[str, str]], cfg: Config) -> None:
+        self.objectives = objectives
+        self.known = size_before_training(cfg)
+
+    def spares(self, study: optuna.Study, metrics: dict[str, float]) -> bool:
+        """True unless a finished feasible trial of `study` is at least as good on every
+        objective as the trial's `metrics` of this epoch and its size."""
+        shown = self.known | metrics
+        if any(metric not in shown for metric, _ in self.objectives):
+            return True  # (an objective it has not shown yet)
+        signs = [1 if d == "maximize" else -1 for _, d in self.objectives]
+        own = [
+            sign * shown[metric] for sign, (metric, _) in zip(signs, self.objectives, strict=True)
+        ]
+        for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if other.values is None or any(v > 0 for v in other.constraints.values()):
+                continue  # (an infeasible trial is on no front)
+            theirs = [sign * value for sign, value in zip(signs, other.values, strict=True)]
+            if all(t >= o for t, o in zip(theirs, own, strict=True)):
+                return False
+        return True
+
+
+def front_guard(plan: SweepPlan, cfg: Config) -> FrontGuard | None:
+    """The guard of a trial of `cfg` in a study of several objectives; None with one."""
+    return FrontGuard(plan.objectives, cfg) if plan.multi else None
