@@ -70,9 +70,10 @@ bench: install ## training speed and whole commands: the lecture's recipe vs swe
 	$(PY) benchmarks/bench.py --profile --out $(OUT)/bench $(ARGS)
 	$(PY) benchmarks/whole_command.py --out $(OUT)/bench
 
-bench-sweeps: install ## stacked trials, per-trial cost, logging share, 1 vs 2 workers, pruning and warm-start savings (~45 min)
+bench-sweeps: install ## stacked trials, per-trial cost, logging share, 1 vs 2 workers, pruning (one and several objectives) and warm-start savings (~50 min)
 	$(PY) benchmarks/stacked_sweeps.py --out $(OUT)/bench
 	$(PY) benchmarks/trial_overhead.py --out $(OUT)/bench
 	$(PY) benchmarks/parallel_throughput.py --out $(OUT)/bench
 	$(PY) benchmarks/pruning_savings.py --out $(OUT)/bench
 	$(PY) benchmarks/warm_start.py --out $(OUT)/bench
+	$(PY) benchmarks/pareto_pruning.py --out $(OUT)/bench

@@ -15,12 +15,20 @@ import optuna
 from sweeplab.sweep.storage import make_storage
 
 
-def timed_sweep(out: Path, study_name: str, args: list[str]) -> tuple[optuna.Study, float]:
+def timed_sweep(
+    out: Path, study_name: str, args: list[str], python: list[str] | None = None
+) -> tuple[optuna.Study, float]:
     """The study of `python -m sweeplab.sweep sweep.study_name=<study_name> ARGS` writing into
-    `out`, and the command's wall time; exits with its stderr if it fails."""
+    `out`, and the command's wall time; exits with its stderr if it fails. `python` replaces
+    `-m sweeplab.sweep` (a benchmark that changes the sweep in its process: `-c CODE`)."""
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "sweeplab.sweep", f"sweep.study_name={study_name}", *args],
+        [
+            sys.executable,
+            *(python or ["-m", "sweeplab.sweep"]),
+            f"sweep.study_name={study_name}",
+            *args,
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "SWEEPLAB_OUTPUT": str(out)},

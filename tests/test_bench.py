@@ -82,3 +82,12 @@ def test_warm_start_smoke(tmp_path):
     run_benchmark("warm_start.py", *args, "--out", tmp_path)
     report = (tmp_path / "warm_start.md").read_text()
     assert "| 0 | cold | 0 |" in report and "| 0 | warm | 3 |" in report  # all 3 lie in the space
+
+
+def test_pareto_pruning_smoke(tmp_path):
+    args = ("--seeds", 1, "--trials", 3, "--epochs", 3, "--out", tmp_path)
+    run_benchmark("pareto_pruning.py", *args)
+    report = (tmp_path / "pareto_pruning.md").read_text()
+    assert "| no pruner | 0 | 9 |" in report
+    for label in ("median pruner alone", "median pruner + front guard (shipped)"):
+        assert f"| {label} |" in report

@@ -62,11 +62,14 @@ def test_a_two_objective_sweep_keeps_prunes_and_writes_its_pareto_front(
     # 2 inputs, d_H hidden units, 1 output: 4 d_H + 1 weights and biases
     assert all(t.values[1] == 4 * t.params["model.d_hidden"] + 1 for t in complete)
     for t in study.trials:  # each pruned trial was behind the front when it was pruned: a
-        if t.state == TrialState.PRUNED:  # trial done by then is as accurate, and no bigger
-            shown = [t.intermediate_values[t.last_step], 4 * t.params["model.d_hidden"] + 1]
+        if t.state == TrialState.PRUNED:  # trial done by then was as accurate at that epoch,
+            epoch = t.last_step  # and is no bigger
+            shown = [t.intermediate_values[epoch], 4 * t.params["model.d_hidden"] + 1]
             assert any(
                 o.datetime_complete < t.datetime_complete
-                and at_least_as_good(o.values, shown, study.directions)
+                and at_least_as_good(
+                    [o.intermediate_values[epoch], o.values[1]], shown, study.directions
+                )
                 for o in complete
             ), t.number
     runs = {t.number: t.user_attrs["mlflow_run_id"] for t in complete}
@@ -171,36 +174,41 @@ def test_a_constraint_keeps_infeasible_trials_off_the_front(mlflow_uri):
 
 
 @pytest.mark.parametrize(
-    ("d_hidden", "val_acc", "finished", "spared"),
-    [
-        (8, 0.70, [(0.90, 33)], False),  # as small as a finished trial and less accurate
-        (8, 0.70, [(0.90, 41)], True),  # smaller than every finished trial
-        (8, 0.95, [(0.90, 33)], True),  # more accurate than every finished trial
-        (8, 0.70, [(0.90, 41), (0.80, 21)], False),  # behind one of them
-        (8, 0.70, [(0.90, 33, 1.0)], True),  # the only one ahead broke a constraint
-        (8, 0.70, [], True),  # nothing finished yet
+    ("val_acc", "finished", "spared"),
+    [  # a trial of 8 hidden units (33 weights and biases) at epoch 5; finished trials: their
+        # val/acc at epoch 5, their n_params (and a constraint's excess)
+        (0.70, [(0.90, 33)], False),  # as small as a finished trial, and behind it at epoch 5
+        (0.70, [(0.90, 41)], True),  # smaller than every finished trial
+        (0.95, [(0.90, 33)], True),  # ahead of every finished trial at epoch 5
+        (0.70, [(0.90, 41), (0.80, 21)], False),  # behind one of them
+        (0.70, [(0.90, 33, 1.0)], True),  # the only one ahead broke a constraint
+        (0.70, [], True),  # nothing finished yet
     ],
 )
-def test_pruning_spares_a_trial_no_finished_trial_is_ahead_of(
-    d_hidden, val_acc, finished, spared, make_config
+def test_pruning_spares_a_trial_no_finished_trial_was_ahead_of(
+    val_acc, finished, spared, make_config
 ):
     """Accuracy against size: what the pruner would stop goes on where it may be on the front."""
     study = optuna.create_study(directions=["maximize", "minimize"])
     for acc, n_params, *excess in finished:
         constraints = {"model/n_params <= 40": excess[0]} if excess else None
-        study.add_trial(optuna.trial.create_trial(values=[acc, n_params], constraints=constraints))
+        study.add_trial(
+            optuna.trial.create_trial(  # (its final val/acc is 0.99: epoch 5's is compared)
+                values=[0.99, n_params], intermediate_values={5: acc}, constraints=constraints
+            )
+        )
     objectives = [("val/acc", "maximize"), ("model/n_params", "minimize")]
-    guard = FrontGuard(objectives, make_config("data=synthetic", f"model.d_hidden={d_hidden}"))
+    guard = FrontGuard(objectives, make_config("data=synthetic", "model.d_hidden=8"))
     assert guard.known == {"model/n_params": 33, "model/flops": 57}  # 4 d_H + 1; 7 d_H + 1
-    assert guard.spares(study, {"val/acc": val_acc, "val/loss": 0.5}) == spared
+    assert guard.spares(study, 5, {"val/acc": val_acc, "val/loss": 0.5}) == spared
 
 
 def test_pruning_spares_every_trial_while_an_objective_is_unknown(make_config, capsys):
     study = optuna.create_study(directions=["maximize", "minimize"])
-    study.add_trial(optuna.trial.create_trial(values=[0.99, 1e-6]))
+    study.add_trial(optuna.trial.create_trial(values=[0.99, 1e-6], intermediate_values={5: 0.9}))
     objectives = [("val/acc", "maximize"), ("test/predict_us_per_sample", "minimize")]
     guard = FrontGuard(objectives, make_config("data=synthetic"))
-    assert guard.spares(study, {"val/acc": 0.1})
+    assert guard.spares(study, 5, {"val/acc": 0.1})
     register_configs()  # and the sweep says so before it starts
     late = (
         "sweep.objectives=[{metric: val/acc, direction: maximize},"

@@ -3,10 +3,10 @@
 The pruner judges a trial on the first objective alone (its per-epoch values against its peers'
 at the same epoch). That is not enough here: a trial hopeless on accuracy may be the smallest
 network of the sweep, a point of the front. So a trial the pruner would stop is stopped only
-where a finished trial already is at least as good on every objective as what the trial has
-shown so far: the first objective's value this epoch, each other objective's value where it is
-known while training (the network's size, known before it trains; a metric of every epoch).
-A trial with an objective measured only at its end (`test/...`) is never pruned.
+where a finished trial was at least as good at the same epoch on the first objective, and is on
+every other objective the trial has shown: the network's size, known before it trains, and any
+other metric logged each epoch. A trial with an objective measured only at its end (`test/...`)
+is never pruned.
 """
 
 from __future__ import annotations
@@ -26,21 +26,21 @@ class FrontGuard:
         self.objectives = objectives
         self.known = size_before_training(cfg)
 
-    def spares(self, study: optuna.Study, metrics: dict[str, float]) -> bool:
-        """True unless a finished feasible trial of `study` is at least as good on every
-        objective as the trial's `metrics` of this epoch and its size."""
+    def spares(self, study: optuna.Study, epoch: int, metrics: dict[str, float]) -> bool:
+        """True unless a finished feasible trial of `study` was at least as good at `epoch` on
+        the first objective as this trial's `metrics`, and is on every other objective."""
         shown = self.known | metrics
         if any(metric not in shown for metric, _ in self.objectives):
             return True  # (an objective it has not shown yet)
         signs = [1 if d == "maximize" else -1 for _, d in self.objectives]
-        own = [
-            sign * shown[metric] for sign, (metric, _) in zip(signs, self.objectives, strict=True)
-        ]
+        own = [s * shown[metric] for s, (metric, _) in zip(signs, self.objectives, strict=True)]
         for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if other.values is None or any(v > 0 for v in other.constraints.values()):
+            if epoch not in other.intermediate_values or any(
+                v > 0 for v in other.constraints.values()
+            ):
                 continue  # (an infeasible trial is on no front)
-            theirs = [sign * value for sign, value in zip(signs, other.values, strict=True)]
-            if all(t >= o for t, o in zip(theirs, own, strict=True)):
+            theirs = [other.intermediate_values[epoch], *other.values[1:]]
+            if all(s * t >= o for s, t, o in zip(signs, theirs, own, strict=True)):
                 return False
         return True
 

@@ -276,7 +276,7 @@ class StackPruning:
             self.write()
         pruned = {}
         for g, values in metrics.items():
-            if prunes(self.view, self.trials[g], self.guards[g], values):
+            if prunes(self.view, self.trials[g], self.guards[g], epoch, values):
                 value = values[self.metric]
                 pruned[g] = optuna.TrialPruned(
                     f"pruned at epoch {epoch} with {self.metric}={value:.4g}"
@@ -291,12 +291,16 @@ class StackPruning:
 
 
 def prunes(
-    view: StudyView, trial: optuna.Trial, guard: FrontGuard | None, metrics: dict[str, float]
+    view: StudyView,
+    trial: optuna.Trial,
+    guard: FrontGuard | None,
+    epoch: int,
+    metrics: dict[str, float],
 ) -> bool:
     """The pruner's word on `trial` (as `Trial.should_prune`), unless its guard spares it."""
     if not view.pruner.prune(view, trial._get_latest_trial()):
         return False
-    return guard is None or not guard.spares(view, metrics)
+    return guard is None or not guard.spares(view, epoch, metrics)
 
 
 class StudyView(FirstObjective):

@@ -91,7 +91,7 @@ class PruningCallback(Callback):
         if time.monotonic() - self.read_at >= stacking.REPORT_EVERY_S:
             self.view.forget()
             self.read_at = time.monotonic()
-        if stacking.prunes(self.view, self.trial, self.guard, metrics):
+        if stacking.prunes(self.view, self.trial, self.guard, epoch, metrics):
             raise optuna.TrialPruned(f"pruned at epoch {epoch} with {self.metric}={value:.4g}")
 
 
