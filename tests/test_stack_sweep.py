@@ -162,7 +162,7 @@ def start_stacked_sweep(mlflow_uri, output, study_name):
         f"sweep.study_name={study_name}",
         "sweep.pruner.name=none",
         "trainer.epochs=3000",  # seconds: the stack is killed while it trains
-        "data.n_train=400",
+        "data.n_train=1000",  # (a shorter stack could end between two looks at it)
     )
     proc, running = sweep_in_background(
         args,
