@@ -420,8 +420,13 @@ def storage_for(kind, request, output):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("storage_kind", ["journal", "postgres"])
-@pytest.mark.parametrize(("stack", "trials", "epochs"), [(1, 6, 600), (4, 16, 1500)])
+@pytest.mark.parametrize(
+    ("storage_kind", "stack", "trials", "epochs"),
+    [  # stacks on PostgreSQL (their trials' heartbeats), a trial at a time in a journal file
+        ("postgres", 4, 16, 1500),  # (test_two_workers_cover_a_grid_exactly_once: stacks in a
+        ("journal", 1, 6, 600),  # journal file)
+    ],
+)
 def test_two_workers_share_one_storage_and_finish_exactly_the_budget(
     storage_kind, stack, trials, epochs, request, mlflow_uri, _isolated_output
 ):
