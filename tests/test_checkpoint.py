@@ -107,8 +107,17 @@ def test_a_resumed_run_equals_an_uninterrupted_one(make_config, tmp_path, overri
     assert_same_run(resumed, uninterrupted)
 
 
-def test_a_resumed_image_run_draws_the_same_shifts_and_dropout(make_config, tmp_path, idx_data):
-    overrides = [*EPOCHS, "trainer.shift_pixels=2", "model.dropout=0.2"]
+@pytest.mark.parametrize(
+    "distortions",
+    [
+        ["trainer.shift_pixels=2"],
+        ["trainer.affine_degrees=10", "trainer.elastic_alpha=8", "trainer.shift_pixels=1"],
+    ],
+)
+def test_a_resumed_image_run_draws_the_same_distortions_and_dropout(
+    make_config, tmp_path, idx_data, distortions
+):
+    overrides = [*EPOCHS, *distortions, "model.dropout=0.2"]
     cfg = make_config(*idx_data, *overrides, tiny=False)
     uninterrupted = trainer.run(cfg)
     resumed, _ = stopped_and_resumed(cfg, tmp_path / "run.pt")

@@ -108,6 +108,18 @@ def test_stacked_members_equal_single_runs(make_config, small_images, task, opti
         assert_member_equals_single_run(outcome, cfg)
 
 
+def test_stacked_members_of_distorted_images_equal_single_runs(make_config, small_images):
+    """Every member sees the same distortions of each batch, as its own single run does."""
+    distortions = ["trainer.affine_degrees=10", "trainer.elastic_alpha=6", "trainer.shift_pixels=1"]
+    configs = [
+        task_config(make_config, small_images, "multiclass", *SMALL, *distortions, *member)
+        for member in MEMBERS
+    ]
+    outcomes = run_stack([Group([cfg]) for cfg in configs])
+    for outcome, cfg in zip(outcomes, configs, strict=True):
+        assert_member_equals_single_run(outcome, cfg)
+
+
 def test_members_follow_their_own_learning_rate_schedules(make_config):
     configs = [
         make_config(*SMALL, "trainer.epochs=6", "trainer.lr_schedule=cosine", "seed=1"),

@@ -185,12 +185,14 @@ def test_image_dataset_run_logs_the_mnist_pictures(make_config, mlflow_uri, tmp_
         "model.d_hidden=12",
         "trainer.epochs=2",
         "trainer.progress=false",
+        "trainer.elastic_alpha=8",
         tiny=False,
     )
     result, run_id = train_and_track(cfg)
     client = MlflowClient(mlflow_uri)
     names = artifact_names(client, run_id)
     assert {"confusion_matrix.png", "first_layer_weights.png", "misclassified.png"} <= names
+    assert "distorted_images.png" in names  # what the run trained on
     assert "decision_region.png" not in names
     metrics = client.get_run(run_id).data.metrics
     assert metrics["test/predict_us_per_sample"] > 0

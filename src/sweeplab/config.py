@@ -38,6 +38,14 @@ EPOCH_METRICS = ("val/acc", "val/loss", "train/acc", "train/loss")  # what a swe
 # may also bound
 SIZE_METRICS = ("model/n_params", "model/flops")  # known before a run trains
 FINAL_METRICS = ("test/loss", "test/acc", "test/predict_us_per_sample", *SIZE_METRICS)
+# the trainer's image distortions, each off at 0: (key, lowest, highest value)
+DISTORTIONS = (
+    ("shift_pixels", 0, 8),
+    ("affine_degrees", 0, 180),
+    ("affine_scale", 0, 0.9),
+    ("affine_shear", 0, 60),
+    ("elastic_alpha", 0, 100),
+)
 CONSTRAINT = re.compile(r"\s*(?P<metric>\S+)\s*(?P<op><=|>=|<|>)\s*(?P<bound>\S+)\s*")
 
 YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's, where it is built
@@ -264,7 +272,18 @@ class TrainerConfig:
     warmup_epochs: int = 0  # linear warm-up from lr/warmup_epochs before the schedule
     step_size: int = 30  # step schedule: epochs between decays
     gamma: float = 0.1  # step schedule: decay factor
-    shift_pixels: int = 0  # image data: move each training image by up to this many pixels; 0 = off
+    # image data: each training batch distorted anew, on the device (0 = off; trainer.augment).
+    # Move each image by up to shift_pixels pixels;
+    shift_pixels: int = 0
+    # rotate it by up to +-affine_degrees, scale it by 1 +- up to affine_scale, shear it by up to
+    # +-affine_shear degrees;
+    affine_degrees: float = 0.0
+    affine_scale: float = 0.0
+    affine_shear: float = 0.0
+    # and distort it elastically (Simard, Steinkraus & Platt 2003): a random displacement field
+    # smoothed by a Gaussian of elastic_sigma pixels, scaled by elastic_alpha pixels
+    elastic_alpha: float = 0.0
+    elastic_sigma: float = 4.0
     # stop when train/loss > this x max(untrained loss, 1); NaN/inf always stop; 0 = off
     divergence_ratio: float = 100.0
     # a sweep trial saves its state every N epochs, and a killed trial's retry resumes from it;
@@ -272,6 +291,10 @@ class TrainerConfig:
     # and a single run has no retry, so a sweep of long trials sets it (conf/sweep/mnist.yaml)
     checkpoint_every: int = 0
     progress: bool = True  # a progress bar on a terminal; always quiet when not a TTY
+
+    @property
+    def distorts_images(self) -> bool:
+        return any(getattr(self, key) for key, _, _ in DISTORTIONS)
 
 
 @dataclass
@@ -574,17 +597,18 @@ def _check_trainer(trainer: TrainerConfig, cfg: Config) -> None:
         trainer.checkpoint_every,
         "must be >= 0 (0 turns checkpoints off)",
     )
+    for key, low, high in DISTORTIONS:
+        value = getattr(trainer, key)
+        _require(low <= value <= high, f"trainer.{key}", value, f"must be in [{low}, {high}]")
+        _require(
+            value == 0 or cfg.data.has_images,
+            f"trainer.{key}",
+            value,
+            f"distorts images; data={cfg.data.name} has none (use an image dataset: data=mnist, "
+            "data=idx)",
+        )
     _require(
-        0 <= trainer.shift_pixels <= 8,
-        "trainer.shift_pixels",
-        trainer.shift_pixels,
-        "must be in [0, 8]",
-    )
-    _require(
-        trainer.shift_pixels == 0 or cfg.data.has_images,
-        "trainer.shift_pixels",
-        trainer.shift_pixels,
-        f"moves images; data={cfg.data.name} has none (use an image dataset: data=mnist, data=idx)",
+        trainer.elastic_sigma > 0, "trainer.elastic_sigma", trainer.elastic_sigma, "must be > 0"
     )
     _require(
         trainer.device in DEVICES or trainer.device.startswith("cuda:"),

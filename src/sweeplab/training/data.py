@@ -65,40 +65,6 @@ class Dataset:
         return Dataset(**moved)
 
 
-class RandomShift:
-    """Moves each image of a batch by its own random offset of up to `max_pixels` rows and
-    columns, filling the uncovered border with the background value: the cheapest of the input
-    distortions, it teaches a fully connected network that a digit may sit a little off-centre.
-
-    Each offset is a precomputed index map into the flattened image (plus one background pixel),
-    so a batch costs one concatenation and one gather, on any device.
-    """
-
-    def __init__(
-        self,
-        image_shape: tuple[int, int],
-        max_pixels: int,
-        background: float,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        rows, cols = image_shape
-        row = torch.arange(rows).view(-1, 1)
-        col = torch.arange(cols).view(1, -1)
-        maps = []
-        for d_row in range(-max_pixels, max_pixels + 1):
-            for d_col in range(-max_pixels, max_pixels + 1):
-                src_row, src_col = row - d_row, col - d_col  # output (r, c) shows (r-dr, c-dc)
-                inside = (src_row >= 0) & (src_row < rows) & (src_col >= 0) & (src_col < cols)
-                maps.append(torch.where(inside, src_row * cols + src_col, rows * cols).flatten())
-        self.maps = torch.stack(maps).to(device)  # (offsets, rows * cols)
-        self.background = background
-
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        which = torch.randint(len(self.maps), (images.shape[0],), generator=generator)
-        padded = torch.cat([images, images.new_full((images.shape[0], 1), self.background)], 1)
-        return torch.gather(padded, 1, self.maps[which.to(images.device)])
-
-
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Build (or reuse, within this process) the dataset that `cfg` describes."""
     values = tuple(tuple(v) if isinstance(v, list) else v for v in astuple(cfg))

@@ -7,9 +7,10 @@
   top, and `hidden_units.png`: each hidden activation a_H,l over the plane, titled with its
   output weight w_O,l (the lecture's two pictures of demo 1);
 - for classes, `confusion_matrix.png`; for images, `first_layer_weights.png` (each hidden unit's
-  input weights as an image) and `misclassified.png`, each one mosaic image in one frame.
+  input weights as an image) and `misclassified.png`, each one mosaic image in one frame; for a
+  run that distorts its training images, `distorted_images.png` (a few, and what it made of them).
 
-The arrays come from `tracking.picture_data(result)`, computed where the model is; the MLflow
+The arrays come from `tracking.picture_data`, computed where the model is; the MLflow
 helper process draws them while the training process goes on.
 """
 
@@ -37,6 +38,8 @@ def draw_run_pictures(pictures: dict[str, Any], folder: Path) -> list[Path]:
     if (images := pictures.get("images")) is not None:
         written.append(draw_first_layer_weights(images, folder / "first_layer_weights.png"))
         written.append(draw_misclassified(images, folder / "misclassified.png"))
+    if (distortions := pictures.get("distortions")) is not None:
+        written.append(draw_distortions(distortions, folder / "distorted_images.png"))
     return written
 
 
@@ -159,6 +162,19 @@ def draw_first_layer_weights(images: dict[str, Any], path: Path) -> Path:
         f"first-layer weights of {len(weights)} of {images['n_hidden']} hidden units "
         "(red +, blue -)"
     )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def draw_distortions(distortions: dict[str, Any], path: Path) -> Path:
+    """Training images (top row) and, below, what the run's distortions made of them."""
+    plt = pyplot()
+    images, cols = distortions["images"], distortions["per_row"]
+    fig, ax = plt.subplots(figsize=(max(cols, 6) * 1.0, len(images) / cols * 1.0 + 0.8))
+    ax.imshow(mosaic(images, distortions["shape"], cols, float(images.min())), cmap="gray_r")
+    ax.axis("off")
+    settings = ", ".join(f"{key}={value:g}" for key, value in distortions["settings"].items())
+    ax.set_title(f"training images (top row), distorted as trained:\n{settings}", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -28,11 +28,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweeplab.config import Config, output_dir, store_uri, to_flat_dict, to_yaml
+from sweeplab.config import (
+    DISTORTIONS,
+    Config,
+    TrainerConfig,
+    output_dir,
+    store_uri,
+    to_flat_dict,
+    to_yaml,
+)
 from sweeplab.phases import mark_phase
 from sweeplab.provenance import environment_tags, source_tags
 from sweeplab.runtime import INTERRUPTED
 from sweeplab.training import trainer
+from sweeplab.training.augment import image_distortions
 from sweeplab.training.checkpoint import TrainState
 from sweeplab.training.data import Dataset
 from sweeplab.training.mlflow_helper import Helper, shared_helper
@@ -51,6 +60,8 @@ GRID = 100  # points per axis of the plane pictures
 MAX_HIDDEN_SHOWN = 16  # hidden units drawn over the plane
 MAX_WEIGHTS_SHOWN = 100  # hidden units whose input weights are drawn as images
 MAX_WRONG_SHOWN = 36  # misclassified test images drawn
+DISTORTED_SHOWN = 8  # training images drawn with the distortions a run trains on,
+DISTORTIONS_SHOWN = 3  # each this many times
 
 
 def param_text(value: Any) -> str:
@@ -185,7 +196,7 @@ class TrackedRun(Callback):
             weights = io.BytesIO()
             torch.save(result.model.state_dict(), weights)
             files["model_state_dict.pt"] = weights.getvalue()
-        pictures = picture_data(result) if cfg.tracking.log_plots else None
+        pictures = picture_data(result, cfg.trainer, cfg.seed) if cfg.tracking.log_plots else None
         if files or pictures:
             self.helper.send(("artifacts", self.key, files, pictures))
         mark_phase("weights and picture data handed over")
@@ -280,13 +291,24 @@ def train(
 
 
 @torch.inference_mode()
-def picture_data(result: TrainResult) -> dict[str, Any]:
+def picture_data(result: TrainResult, trainer: TrainerConfig, seed: int) -> dict[str, Any]:
     """What the run's pictures show (`plots.draw_run_pictures`), as numpy arrays: computed here,
     where the model is, drawn by the helper process."""
     model, data = result.model, result.dataset
     pictures: dict[str, Any] = {"history": result.history}
     if model is None or data is None:
         return pictures
+    if (distort := image_distortions(trainer, data, data.x_train.device)) is not None:
+        originals = data.x_train[:DISTORTED_SHOWN]
+        generator = torch.Generator().manual_seed(seed)
+        rows = [originals, *(distort(originals, generator) for _ in range(DISTORTIONS_SHOWN))]
+        pictures["distortions"] = {
+            "shape": data.image_shape,
+            "images": torch.cat(rows).cpu().numpy(),
+            "per_row": DISTORTED_SHOWN,
+            "settings": {k: getattr(trainer, k) for k, _, _ in DISTORTIONS if getattr(trainer, k)}
+            | ({"elastic_sigma": trainer.elastic_sigma} if trainer.elastic_alpha else {}),
+        }
     model.eval()
     if data.n_features == 2:
         pictures["plane"] = _plane(model, data)

@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from sweeplab.config import Config, ConfigError
 from sweeplab.phases import mark_phase
+from sweeplab.training.augment import Augment, image_distortions
 from sweeplab.training.checkpoint import TrainState
-from sweeplab.training.data import Dataset, RandomShift, load_dataset
+from sweeplab.training.data import Dataset, load_dataset
 from sweeplab.training.fast import ManualSteps, fast_steps
 from sweeplab.training.fast.lean_adam import step_function
 from sweeplab.training.model import LossFn, TwoLayerNet, count_correct, loss_for_task
@@ -127,13 +128,13 @@ def train_one_epoch(
     data: Dataset,
     batch_size: int,
     generator: torch.Generator,
-    augment: RandomShift | None = None,
+    augment: Augment | None = None,
 ) -> tuple[float, float]:
     """One pass over a fresh shuffle of the training set; returns (mean loss, accuracy).
 
     `steps` makes each batch's step (see `fast`); where it can make the whole epoch at once (the
     C++ loop), it does and the Python loop below does not run: a line added to the loop must be
-    added to the steps too. `augment` (e.g. `data.RandomShift`) transforms each batch of inputs.
+    added to the steps too. `augment` (`augment.image_distortions`) distorts each batch of inputs.
     """
     model.train()
     x, y = data.x_train, data.y_train
@@ -234,7 +235,7 @@ class Setup:
     schedule: torch.optim.lr_scheduler.LRScheduler | None
     loss_fn: LossFn
     steps: Steps
-    augment: RandomShift | None
+    augment: Augment | None
     batch_order: torch.Generator
 
     def state_dict(self) -> dict[str, Any]:
@@ -271,10 +272,7 @@ def setup(cfg: Config) -> Setup:
     model = network(cfg, data).to(device)
     optimizer = build_optimizer(list(model.parameters()), cfg.optimizer)
     loss_fn = loss_for_task(data.task)
-    augment = None
-    if cfg.trainer.shift_pixels:
-        background = float(data.x_train.min())  # a blank pixel, normalised or not
-        augment = RandomShift(data.image_shape, cfg.trainer.shift_pixels, background, device)
+    augment = image_distortions(cfg.trainer, data, device)
     steps = fast_steps(model, optimizer, data.task, cfg.trainer, augment is not None, device)
     return Setup(
         data,

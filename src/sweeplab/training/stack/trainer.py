@@ -28,7 +28,8 @@ import torch
 from sweeplab.config import Config, to_flat_dict
 from sweeplab.phases import mark_phase
 from sweeplab.training import trainer as single_run
-from sweeplab.training.data import Dataset, RandomShift, load_dataset
+from sweeplab.training.augment import Augment, image_distortions
+from sweeplab.training.data import Dataset, load_dataset
 from sweeplab.training.fast import native
 from sweeplab.training.model import TwoLayerNet, loss_for_task
 from sweeplab.training.stack.model import Pieces, StackedNet, StackLayout
@@ -177,7 +178,7 @@ def covers_alone(cfg: Config) -> bool:
         and unsupported(cfg.optimizer) is None
         and cfg.trainer.backward != "autograd"
         and resolve_device(cfg.trainer.device).type == "cpu"
-        and not cfg.trainer.shift_pixels
+        and not cfg.trainer.distorts_images
         and not cfg.model.dropout
         and not cfg.model.input_dropout
         and load_dataset(cfg.data).n_features <= NATIVE_MAX_INPUTS
@@ -235,7 +236,7 @@ class Stack:
         net: StackedNet,
         optimizer: StackedOptimizer,
         schedules: LrSchedules,
-        augment: RandomShift | None,
+        augment: Augment | None,
         diverged_above: list[float],
     ) -> None:
         self.configs = configs
@@ -279,10 +280,7 @@ class Stack:
         schedules = LrSchedules([c.optimizer for c in configs], [c.trainer for c in configs])
         if schedules.any:  # a schedule may start below the optimizer's lr (a warm-up)
             optimizer.set_lrs(schedules.lrs())
-        augment = None
-        if first.trainer.shift_pixels:
-            background = float(data.x_train.min())  # a blank pixel, normalised or not
-            augment = RandomShift(data.image_shape, first.trainer.shift_pixels, background, device)
+        augment = image_distortions(first.trainer, data, device)
         # a loss this far above the untrained network's has diverged even while it is finite
         initial, _ = evaluate_stack(net, data.x_val, data.y_val, first.trainer.eval_batch_size)
         diverged_above = [
@@ -428,7 +426,7 @@ def train_stack_epoch(
     data: Dataset,
     batch_size: int,
     generator: torch.Generator,
-    augment: RandomShift | None = None,
+    augment: Augment | None = None,
     loop: ModuleType | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass of every member over a fresh shuffle of the training set (the same batches as
@@ -524,7 +522,7 @@ def evaluate_stack(
 NATIVE_MAX_INPUTS = 64  # wider inputs are a matrix product, which ATen's path does better
 
 
-def native_loop_for(net: StackedNet, augment: RandomShift | None, cfg: Config) -> ModuleType | None:
+def native_loop_for(net: StackedNet, augment: Augment | None, cfg: Config) -> ModuleType | None:
     """fast/stack_loop.cpp where it covers the stack (hand-derived gradients of a small input on
     the CPU, float32, no augmentation; `trainer.native`), else None: the Python loop."""
     if (
