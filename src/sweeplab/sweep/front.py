@@ -38,7 +38,7 @@ class FrontGuard:
             if epoch not in other.intermediate_values or any(
                 v > 0 for v in other.constraints.values()
             ):
-                continue  # (an infeasible trial is on no front)
+                continue  # (it stopped before that epoch, or it is infeasible: on no front)
             theirs = [other.intermediate_values[epoch], *other.values[1:]]
             if all(s * t >= o for s, t, o in zip(signs, theirs, own, strict=True)):
                 return False
