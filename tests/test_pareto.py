@@ -75,7 +75,12 @@ def test_a_two_objective_sweep_keeps_prunes_and_writes_its_pareto_front(
     runs = {t.number: t.user_attrs["mlflow_run_id"] for t in complete}
     client = MlflowClient(mlflow_uri)
     tagged = {n for n, run in runs.items() if client.get_run(run).data.tags.get(FRONT_TAG)}
-    assert tagged == front  # (filtered in the UI with tags.sweeplab.pareto = "true")
+    assert tagged == front
+    # the runs table's search box takes the README's filter (the UI sends it to this search);
+    # (the other parametrisation's study shares the experiment: its parent tells them apart)
+    parent = f"tags.mlflow.parentRunId = '{summary.parent_run_id}'"
+    found = client.search_runs([summary.experiment_id], f'tags.{FRONT_TAG} = "true" and {parent}')
+    assert {int(r.data.tags["optuna.trial"]) for r in found} == front
 
     folder = sweep_folder(name)
     with (folder / "pareto.csv").open() as handle:
