@@ -24,6 +24,7 @@ class FrontGuard:
 
     def __init__(self, objectives: list[tuple[str, str]], cfg: Config) -> None:
         self.objectives = objectives
+        self.signs = [1 if d == "maximize" else -1 for _, d in objectives]  # larger is better
         self.known = size_before_training(cfg)
 
     def spares(self, study: optuna.Study, epoch: int, metrics: dict[str, float]) -> bool:
@@ -32,7 +33,7 @@ class FrontGuard:
         shown = self.known | metrics
         if any(metric not in shown for metric, _ in self.objectives):
             return True  # (an objective it has not shown yet)
-        signs = [1 if d == "maximize" else -1 for _, d in self.objectives]
+        signs = self.signs
         own = [s * shown[metric] for s, (metric, _) in zip(signs, self.objectives, strict=True)]
         for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if epoch not in other.intermediate_values or any(

@@ -193,7 +193,7 @@ def report(
         client.log_artifact(parent_run_id, str(path), "optuna")
     if plan.multi:
         summary.front = write_pareto(plan, study, folder)
-        tag_front(client, study, [p.number for p in summary.front])
+        tag_front(client, study, trials, [p.number for p in summary.front])
         for path in [folder / "pareto.csv", *(p.config_path for p in summary.front)]:
             if path is not None:
                 client.log_artifact(parent_run_id, str(path), "pareto")
@@ -227,10 +227,14 @@ def report(
     return summary
 
 
-def tag_front(client: MlflowClient, study: optuna.Study, front: list[int]) -> None:
+def tag_front(
+    client: MlflowClient,
+    study: optuna.Study,
+    trials: list[optuna.trial.FrozenTrial],
+    front: list[int],
+) -> None:
     """`sweeplab.pareto=true` on the runs of the front's trials (a filter in the MLflow UI:
     `tags.sweeplab.pareto = "true"`); "false" on those a resume's trials pushed off it."""
-    trials = study.get_trials(deepcopy=False)
     before = study.user_attrs.get(FRONT_ATTR, [])
     for number in sorted(set(front) ^ set(before)):
         if (run_id := trials[number].user_attrs.get("mlflow_run_id")) is not None:
