@@ -4,13 +4,13 @@
     python benchmarks/bench.py --epochs 5 --out outputs/bench
     python benchmarks/bench.py --tiny           # seconds: the smoke test `make test` runs
 
-For each case, in one process: the seed recipe exactly as the slides write it (TensorDataset +
+For each case, in one process: the lecture's recipe exactly as the slides write it (TensorDataset +
 DataLoader with shuffle, default torch.optim.Adam, the loss criterion, `loss.item()` per batch),
 then sweeplab's `trainer.run` with the same hyperparameters, with its hand-derived gradients
 (`trainer.backward=manual`, the default; its steps in the C++ loop of `sweeplab.native`, the
 default, and in the Python loop) and with autograd. After a warm-up the four take turns
 for eight rounds; each reports its fastest round. It prints and writes (markdown + CSV):
-seconds per epoch (median over the epochs after the first), the ratio to the seed recipe, test
+seconds per epoch (median over the epochs after the first), the ratio to the lecture's recipe, test
 accuracy after the same epochs, and the time per epoch that the matrix products alone would take
 at the matmul rate measured here, with the ratio to it. `--profile` adds where a step's time goes.
 """
@@ -51,10 +51,10 @@ class Row:
     steps_per_epoch: int
 
 
-# --- the seed recipe, as the slides write it ---------------------------------------------------
+# --- the lecture's recipe, as the slides write it ------------------------------------------------
 
 
-def seed_recipe(case: Case, data: object, seed: int = 0) -> Row:
+def lecture_recipe(case: Case, data: object, seed: int = 0) -> Row:
     """Slides 35-38: binary task -> sigmoid output + BCELoss; MNIST -> logits + CrossEntropyLoss.
     On torch's default CPU threads, as the slides' code runs (sweeplab's runs set their own)."""
     from sweeplab.training.trainer import torch_default_threads
@@ -87,7 +87,7 @@ def seed_recipe(case: Case, data: object, seed: int = 0) -> Row:
         out = model(data.x_test)
         guess = out.round() if binary else out.argmax(1)
         accuracy = (guess == data.y_test).float().mean().item()
-    return Row(case.name, "seed recipe", _median_after_first(times), accuracy, len(loader))
+    return Row(case.name, "lecture recipe", _median_after_first(times), accuracy, len(loader))
 
 
 # --- sweeplab ----------------------------------------------------------------------------------
@@ -229,10 +229,10 @@ def main(argv: list[str] | None = None) -> None:
         # for `--rounds` short rounds, and each keeps its fastest round: on a shared machine
         # other load only ever adds time (this project's VMs were measured to run 2x slower for
         # seconds to minutes at a time), and short turns expose every method to it alike.
-        seed_recipe(case, data)
+        lecture_recipe(case, data)
         rounds = [
             [
-                seed_recipe(case, data),
+                lecture_recipe(case, data),
                 sweeplab_run(case, "manual", overrides),
                 sweeplab_run(case, "manual", overrides, native=False),
                 sweeplab_run(case, "autograd", overrides),
@@ -258,14 +258,14 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"# Training speed ({header})",
         "",
-        "| case | method | s/epoch | vs seed | test acc | matmul-limit s/epoch | vs limit |",
+        "| case | method | s/epoch | vs lecture | test acc | matmul-limit s/epoch | vs limit |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        seed = next(r for r in rows if r.case == row.case and r.method == "seed recipe")
+        lecture = next(r for r in rows if r.case == row.case and r.method == "lecture recipe")
         limit, _ = limits[row.case]
         lines.append(
-            f"| {row.case} | {row.method} | {row.epoch_s:.4f} | {seed.epoch_s / row.epoch_s:.2f}x "
+            f"| {row.case} | {row.method} | {row.epoch_s:.4f} | {lecture.epoch_s / row.epoch_s:.2f}x "
             f"| {row.test_acc:.4f} | {limit:.4f} | {row.epoch_s / limit:.2f}x |"
         )
     lines.append("")

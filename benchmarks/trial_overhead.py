@@ -1,14 +1,14 @@
 """Per-trial fixed cost of a sweep and the share of MLflow logging in training time.
 
     python benchmarks/trial_overhead.py [--trials 12] [--out outputs/bench]
-    python benchmarks/trial_overhead.py --experiment seed_mnist --epochs 20   # MNIST epochs
+    python benchmarks/trial_overhead.py --experiment lecture_mnist --epochs 20   # MNIST epochs
 
 1. Fixed cost: a synthetic sweep of one-epoch trials in this process (imports, the MLflow store
    and torch.optim's first-use import of torch._dynamo are done before the clock starts, as the
    command-line entry points do, and as in a long sweep); the wall time per trial minus its
    training epochs, split into config compose, MLflow run start, trainer setup (data, model,
    optimizer), result logging (plots, weights), run end and the sweep's own bookkeeping.
-2. Logging share: the seed's synthetic demo (about 2 ms epochs, the worst case for logging)
+2. Logging share: the lecture's synthetic demo (about 2 ms epochs, the worst case for logging)
    trained alone, then with its MLflow run logging the metrics of every epoch through the metric
    writer process (the default), written by the training process itself
    (`tracking.background_metrics=false`), and of every 4th epoch only
@@ -50,7 +50,7 @@ def timed(owner: object, name: str, label: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--experiment", default="seed_synthetic", help="the logging-share run")
+    parser.add_argument("--experiment", default="lecture_synthetic", help="the logging-share run")
     parser.add_argument("--epochs", type=int, default=2000, help="epochs of the logging-share run")
     parser.add_argument("--rounds", type=int, default=3, help="logging-share runs of each kind")
     parser.add_argument("--out", default=None)

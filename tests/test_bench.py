@@ -29,12 +29,12 @@ def test_bench_smoke(tmp_path):
     done = run_benchmark(
         "bench.py", "--tiny", "--idx-root", tmp_path / "digits", "--out", tmp_path / "out"
     )
-    assert "| case | method | s/epoch | vs seed |" in done.stdout
+    assert "| case | method | s/epoch | vs lecture |" in done.stdout
     with (tmp_path / "out" / "bench.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 12  # 3 cases x (seed recipe, sweeplab manual C++/Python loop, autograd)
+    assert len(rows) == 12  # 3 cases x (lecture recipe, sweeplab manual C++/Python loop, autograd)
     assert {r["method"] for r in rows} == {
-        "seed recipe",
+        "lecture recipe",
         "sweeplab (manual)",
         "sweeplab (manual, Python loop)",
         "sweeplab (autograd)",

@@ -1,4 +1,4 @@
-"""The synthetic tasks: shapes, seeding, label noise, and the seed's claim that 4 sigmoid units
+"""The synthetic tasks: shapes, seeding, label noise, and the lecture's claim that 4 sigmoid units
 solve the quadrilateral task."""
 
 from __future__ import annotations

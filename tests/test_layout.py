@@ -169,6 +169,41 @@ def test_the_primary_config_restates_no_default():
         assert stated[key] != schema_default(config.Config, key), key
 
 
+def restated(stated: dict, base: object, prefix: str = "") -> list[str]:
+    """The keys of `stated` (a YAML body) whose value is already `base`'s (the config composed
+    without them): a dataclass field is walked into, any other value compared whole."""
+    found = []
+    for key, value in stated.items():
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            found += restated(value, current, f"{prefix}{key}.")
+        elif value == current:
+            found.append(f"{prefix}{key}: {value!r}")
+    return found
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((CONF_DIR / "experiment").glob("*.yaml")) + sorted((CONF_DIR / "sweep").glob("*.yaml")),
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
+)
+def test_experiment_and_sweep_files_state_only_what_differs(path):
+    """An experiment or sweep file holds deltas: each value differs from what the config would
+    be without it (its own `defaults` applied)."""
+    stated = yaml.safe_load(path.read_text())
+    overrides = []
+    for entry in stated.pop("defaults", []):
+        if isinstance(entry, dict):  # "override /data: mnist"
+            [(group, option)] = entry.items()
+            overrides.append(f"{group.removeprefix('override /')}={option}")
+        elif entry != "_self_":  # the file of its group it builds on
+            overrides.append(f"{path.parent.name}={entry}")
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        base = to_config(compose("config", overrides))
+    assert restated(stated, base) == [], path.name
+
+
 def test_the_rule_catches_a_restated_default(tmp_path):
     """The check above would fail on the drift the layout issue found (adam.yaml restating lr)."""
     assert schema_default(config.AdamConfig, "lr") == 0.01  # the one place that says it

@@ -1,4 +1,4 @@
-"""The network returns logits and the loss matches the task (the seed's formulas, from logits)."""
+"""The network returns logits and the loss matches the task (the lecture's formulas, from logits)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ not match is refetched, never used. `read_idx` parses any IDX file (Fashion-MNIS
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
@@ -276,8 +277,6 @@ class _ArraysOnly(pickle.Unpickler):
                 from numpy.core.multiarray import _reconstruct
             return _reconstruct
         if module == "_codecs":
-            import codecs
-
             return codecs.encode
         return getattr(np, name)
 
