@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -133,12 +136,21 @@ def test_a_typo_in_the_sweep_name_is_named_before_any_work(extra, _isolated_outp
             "Connection refused",
         ),
         ("train", "tracking.uri", "http://me:pw@127.0.0.1:9", "no MLflow server answers there"),
+        ("sweep", "tracking.uri", "http://me:pw@127.0.0.1:9", "no MLflow server answers there"),
+        ("sweep", "sweep.storage", "mysql://me:pw@127.0.0.1:9/db", "No module named 'MySQLdb'"),
+        ("train", "tracking.uri", "foo://me:pw@127.0.0.1:9/db", "Can't load plugin"),
+        # a folder where a file is: a read-only folder too, and also when the tests run as root
+        ("train", "tracking.uri", "sqlite:///{a_file}/mlflow.db", "cannot write there"),
+        ("sweep", "tracking.uri", "sqlite:///{a_file}/mlflow.db", "cannot write there"),
+        ("sweep", "sweep.storage", "sqlite:///{a_file}/optuna.db", "cannot write there"),
     ],
 )
 def test_a_store_that_cannot_be_opened_is_refused_in_one_line_before_any_work(
-    command, key, url, why, _isolated_output
+    command, key, url, why, _isolated_output, tmp_path
 ):
     """In seconds: MLflow itself retries a dead database for minutes, after training."""
+    (tmp_path / "a-file").write_text("")
+    url = url.format(a_file=tmp_path / "a-file")
     sweep = ["sweep=synthetic"] if command == "sweep" else []
     done = run_cli(
         f"sweeplab.{command}",
@@ -199,25 +211,44 @@ def test_relative_stores_live_in_the_output_folder_wherever_the_command_runs(
     assert list(elsewhere.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["../x", "../../x", ".hidden", "a/b", ""])
-def test_a_study_name_that_is_not_a_plain_file_name_is_refused(name, _isolated_output):
+@pytest.mark.parametrize(
+    ("key", "name"),
+    [("study_name", n) for n in ["../x", "../../x", ".hidden", "a/b", ""]]
+    + [("warm_start", "../x"), ("warm_start", "a/b")],
+)
+def test_a_study_name_that_is_not_a_plain_file_name_is_refused(key, name, _isolated_output):
     done = run_cli(
         "sweeplab.sweep",
         "sweep=synthetic",
-        f"sweep.study_name='{name}'",
+        f"sweep.{key}='{name}'",
         env={"SWEEPLAB_OUTPUT": str(_isolated_output)},
     )
     assert done.returncode == 2
-    assert done.stderr.startswith(f"error: sweep.study_name={name!r}: must be letters"), done.stderr
+    assert done.stderr.startswith(f"error: sweep.{key}={name!r}: must be letters"), done.stderr
     assert not (_isolated_output / "mlflow.db").exists()
+
+
+def _broken(root, how):
+    """An IDX folder as `how` says: missing, fine, truncated, or with test images of 20 x 20."""
+    if how == "missing":
+        return
+    arrays = tiny_arrays()
+    if how == "other size":
+        arrays["test_images"] = arrays["test_images"][:, :20, :20]
+    write_idx_set(root, arrays)
+    if how == "truncated":  # as a download cut off would leave it
+        path = root / "train-images-idx3-ubyte"
+        path.write_bytes(path.read_bytes()[:-100])
 
 
 @pytest.mark.parametrize("command", ["train", "sweep"])
 @pytest.mark.parametrize(
     ("files", "override", "said"),
     [
-        (False, "data.n_val=5", "train-images-idx3-ubyte(.gz): missing"),
-        (True, "data.n_val=100", "data.n_val=100: the dataset has only 30 training images"),
+        ("missing", "data.n_val=5", "train-images-idx3-ubyte(.gz): missing"),
+        ("fine", "data.n_val=100", "data.n_val=100: the dataset has only 30 training images"),
+        ("truncated", "data.n_val=5", "train-images-idx3-ubyte: size mismatch"),
+        ("other size", "data.n_val=5", "t10k-images-idx3-ubyte: images of (20, 20) pixels"),
     ],
 )
 def test_data_that_cannot_be_used_is_refused_before_any_run(
@@ -225,8 +256,7 @@ def test_data_that_cannot_be_used_is_refused_before_any_run(
 ):
     """Checked by loading it, once, before any run (the run then reuses what was loaded)."""
     root = tmp_path / "idx"
-    if files:
-        write_idx_set(root, tiny_arrays())
+    _broken(root, files)
     sweep = ["sweep=mnist"] if command == "sweep" else []
     done = run_cli(
         f"sweeplab.{command}",
@@ -256,3 +286,36 @@ def test_a_network_too_big_for_the_machine_is_refused_before_any_run(
     assert done.stderr.startswith("error: model.d_hidden=4000000000: the network needs about ")
     assert "more than the" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (_isolated_output / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_train_ends_its_run_killed_in_one_line_with_130(signum, _isolated_output):
+    """Ctrl-C (or SIGTERM) mid-training: exit status 130 as the sweep's, one line, no traceback."""
+    from mlflow.tracking import MlflowClient
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeplab.train", "trainer.epochs=100000", "trainer.progress=false"],
+        env={**os.environ, "SWEEPLAB_OUTPUT": str(_isolated_output)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a terminal's Ctrl-C (a background job would inherit SIGINT ignored)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    client = MlflowClient(f"sqlite:///{_isolated_output / 'mlflow.db'}")
+    deadline = time.time() + 120
+    runs = []
+    while not runs and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        with contextlib.suppress(Exception):  # the store may not exist yet
+            runs = client.search_runs(
+                [e.experiment_id for e in client.search_experiments()], "metrics.`val/acc` > 0"
+            )
+    assert runs, "the run never logged an epoch"
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "error: interrupted", stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert client.get_run(runs[0].info.run_id).info.status == "KILLED"

@@ -29,6 +29,25 @@ def test_without_secrets_masks_only_passwords():
     )
     unchanged = "postgresql://me@db:5432/optuna outputs/optuna/study.journal user:pass@host"
     assert without_secrets(unchanged) == unchanged
+    # SQLAlchemy takes a "/" in a password as it is; libpq takes a password from the query
+    assert without_secrets("'postgresql://me:pa/ss@db/x'") == "'postgresql://me:***@db/x'"
+    assert without_secrets("postgresql://db/x?sslmode=require&password=s3&y=1") == (
+        "postgresql://db/x?sslmode=require&password=***&y=1"
+    )
+
+
+def test_log_handlers_made_before_the_streams_were_masked_are_masked_too():
+    """Optuna makes its log handler on sys.stderr when it is imported, before a command masks
+    the streams: what it logs (a failed trial's error, say) is masked all the same."""
+    script = (
+        "import optuna\n"
+        "from sweeplab.redaction import redact_streams\n"
+        "redact_streams()\n"
+        "optuna.logging.get_logger('optuna').warning('postgresql://me:s3cret@db/x')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "postgresql://me:***@db/x" in done.stderr and "s3cret" not in done.stderr
 
 
 def _database(postgres_url: str, name: str, password: str) -> str:

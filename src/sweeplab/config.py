@@ -737,12 +737,14 @@ def _check_sweep(sweep: SweepConfig, cfg: Config) -> None:
         sweep.timeout,
         "must be > 0 seconds (or null)",
     )
-    _require(  # it names files: outputs/optuna/<study>.journal, outputs/sweeps/<study>/
-        sweep.study_name is None or re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", sweep.study_name),
-        "sweep.study_name",
-        sweep.study_name,
-        "must be letters, digits, '_', '-' and '.', not starting with '.' (it names files)",
-    )
+    for key in ("study_name", "warm_start"):  # they name files: outputs/optuna/<study>.journal
+        name = getattr(sweep, key)
+        _require(
+            name is None or re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name),
+            f"sweep.{key}",
+            name,
+            "must be letters, digits, '_', '-' and '.', not starting with '.' (it names files)",
+        )
 
 
 def to_yaml(cfg: Config) -> str:

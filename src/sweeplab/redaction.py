@@ -12,19 +12,23 @@ only never shown.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from typing import Any, TextIO
 
 MASK = "***"
 # scheme://user:password@ : the password is what lies between the user's ":" and the last "@"
-# before the host (a password may itself hold "@" or ":"; never "/" unless percent-encoded)
-_PASSWORD_IN_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s]*@")
+# before a blank (SQLAlchemy takes a "/" or ":" in it as it is; "@" only percent-encoded, but
+# masking too much is harmless where too little is not)
+_PASSWORD_IN_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):\S*@")
+# ...?password=secret&... : libpq and SQLAlchemy take it from the query too
+_PASSWORD_IN_QUERY = re.compile(r"([?&;](?:password|passwd|pwd)=)[^&;\s'\"]*", re.IGNORECASE)
 
 
 def without_secrets(text: str) -> str:
     """`text` with the password of every URL in it masked."""
-    return _PASSWORD_IN_URL.sub(rf"\1:{MASK}@", text)
+    return _PASSWORD_IN_QUERY.sub(rf"\1{MASK}", _PASSWORD_IN_URL.sub(rf"\1:{MASK}@", text))
 
 
 class _RedactedStream:
@@ -46,8 +50,15 @@ class _RedactedStream:
 
 
 def redact_streams() -> None:
-    """Mask passwords in everything this process prints from now on (once per process)."""
-    if not isinstance(sys.stdout, _RedactedStream):
-        sys.stdout = _RedactedStream(sys.stdout)
-    if not isinstance(sys.stderr, _RedactedStream):
-        sys.stderr = _RedactedStream(sys.stderr)
+    """Mask passwords in everything this process prints from now on (once per process), log
+    handlers made before included (Optuna's is made when it is imported)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if isinstance(stream, _RedactedStream):
+            continue
+        redacted = _RedactedStream(stream)
+        setattr(sys, name, redacted)
+        for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+            for handler in getattr(logger, "handlers", []):
+                if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
+                    handler.setStream(redacted)

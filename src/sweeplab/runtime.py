@@ -42,6 +42,8 @@ def run_cli(hydra_main: Callable[[], None]) -> None:
         exit_with_error(err)
     try:
         hydra_main()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a run that had started is KILLED in MLflow
+        exit_with_error("interrupted", EXIT_INTERRUPTED)
     except SystemExit as stop:  # Hydra's own errors (an unknown key or group option) exit 1:
         if stop.code == EXIT_WORK_FAILED and not _Command.composed:  # a bad config exits 2
             sys.exit(EXIT_BAD_CONFIG)

@@ -6,14 +6,18 @@ asked once, in seconds, before any work, and a store that does not answer is ref
 
 MLflow itself retries a database that does not answer for about two minutes per process, after
 the run has trained; a missing driver surfaces as "Failed to import DB access module".
-Local stores (a SQLite file, a journal) need no asking: the output folder is checked apart.
+A SQLite file's folder must be writable (a journal's is the output folder, checked apart).
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 from sweeplab.config import ConfigError
 from sweeplab.redaction import without_secrets
@@ -46,8 +50,25 @@ def check_reachable(key: str, url: str) -> None:
             raise ConfigError(
                 f"{key}={without_secrets(url)!r}: no MLflow server answers there ({reason})"
             ) from None
-    if "://" in url and not url.startswith(("sqlite:", "file:")):
+    if url.startswith("sqlite:///"):
+        _check_writable(key, url, Path(url.removeprefix("sqlite:///").partition("?")[0]))
+    elif "://" in url and not url.startswith(("sqlite:", "file:")):
         _check_database(key, url)
+
+
+def _check_writable(key: str, url: str, path: Path) -> None:
+    """A SQLite file's folder must take a new file (SQLite writes a journal beside it), and the
+    file itself, if it is there, must be writable."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-check-"):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as err:
+        raise ConfigError(
+            f"{key}={without_secrets(url)!r}: cannot write there ({err.strerror or err})"
+        ) from None
 
 
 def _without_user(url: str) -> str:

@@ -50,6 +50,7 @@ from mlflow.utils.uri import is_local_uri
 from sweeplab.figures import pyplot
 from sweeplab.machine import machine_failure
 from sweeplab.phases import mark_phase
+from sweeplab.redaction import redact_streams, without_secrets
 from sweeplab.training import plots
 
 MAX_BATCH = 100  # MLflow's limit of params or tags per log_batch call
@@ -202,10 +203,10 @@ class RunStore:
         if key not in self.runs:  # its start failed: there is nothing to end
             return
         client, run_id = self._client(key)
-        if traceback_text:
-            client.log_text(run_id, traceback_text, "traceback.txt")
+        if traceback_text:  # an error's text may quote a store's URL
+            client.log_text(run_id, without_secrets(traceback_text), "traceback.txt")
         if reason:
-            client.set_tag(run_id, "failure_reason", reason[:5000])
+            client.set_tag(run_id, "failure_reason", without_secrets(reason)[:5000])
         if (monitor := self.monitors.pop(key, None)) is not None:
             monitor.finish()
         client.set_terminated(run_id, status, end_time)
@@ -361,6 +362,7 @@ def serve(requests: Connection, replies: Connection) -> None:
 
 
 if __name__ == "__main__":
+    redact_streams()  # MLflow's and SQLAlchemy's warnings may quote a store's URL
     serve(
         Connection(int(sys.argv[1]), writable=False),
         Connection(int(sys.argv[2]), readable=False),
