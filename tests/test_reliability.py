@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from sweeplab.config import to_config
 from sweeplab.sweep.storage import make_storage
+from sweeplab.sweep.worker import count_failed
 from sweeplab.training import trainer
 from sweeplab.training.mlflow_store import as_logged
 
@@ -106,6 +107,25 @@ def test_too_many_failures_stop_the_sweep_with_a_summary(
 
 
 @pytest.mark.slow
+def test_trials_the_machine_or_ctrl_c_stopped_or_that_were_retried_are_no_failures():
+    """Only a trial's own failure counts towards sweep.max_failure_rate: a full disk that stops
+    five trials must not refuse the rerun that resumes them."""
+    frozen = optuna.trial.create_trial
+
+    def failed(number, **attrs):
+        trial = frozen(state=TrialState.FAIL, user_attrs=attrs)
+        trial.number = number
+        return trial
+
+    stopped = [failed(n, stopped_by="the machine failed (disk full)") for n in range(5)]
+    interrupted = failed(5, stopped_by="interrupted (Ctrl-C or SIGTERM)")
+    died, its_retry = failed(6), failed(7, retry_of=6)  # its worker died; the retry failed too
+    own = failed(8)
+    assert count_failed([*stopped, interrupted]) == 0
+    assert count_failed([died, its_retry]) == 1
+    assert count_failed([*stopped, interrupted, died, its_retry, own]) == 2
+
+
 def test_two_processes_starting_the_same_new_sweep_at_once(tmp_path):
     """Both create the MLflow store, the study and the parent run at the same moment."""
     out = tmp_path / "out"
@@ -182,19 +202,28 @@ TWO_WORKERS_TRAINING = [  # a sweep whose 2 processes each train a trial for sec
 
 
 @pytest.mark.slow
-def test_a_killed_worker_child_is_reaped_and_its_trial_retried(mlflow_uri, _isolated_output):
-    """kill -9 of an extra worker (as the OOM killer does): the main process notices at once,
-    fails and retries its trial, and the sweep ends with the exact budget, nothing RUNNING."""
+@pytest.mark.parametrize(
+    ("signum", "said"),
+    [
+        (signal.SIGKILL, "was killed (signal 9)"),  # as the OOM killer does
+        (signal.SIGTERM, "exited with status 130"),  # a scheduler stopping that process alone
+    ],
+)
+def test_a_killed_worker_child_is_reaped_and_its_trial_retried(
+    signum, said, mlflow_uri, _isolated_output
+):
+    """An extra worker killed alone: the main process notices, fails and retries its trial, and
+    the sweep ends with the exact budget, nothing RUNNING."""
     args = [*TWO_WORKERS_TRAINING, f"tracking.uri={mlflow_uri}", "sweep.pruner.name=none"]
     proc, running = sweep_in_background(
         [*args, "sweep.study_name=reaped"], _isolated_output, "reaped", _both_train
     )
     storage = make_storage(str(_isolated_output / "optuna" / "reaped.journal"))
     [victim] = [t for t in running if t.intermediate_values and _worker_pid(t) != proc.pid]
-    os.kill(_worker_pid(victim), signal.SIGKILL)
+    os.kill(_worker_pid(victim), signum)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
-    assert "was killed (signal 9); its trials are failed and retried" in stderr
+    assert f"{said}; its trials are failed and retried" in stderr
     study = optuna.load_study(study_name="reaped", storage=storage)
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) == 6 and states.count(TrialState.FAIL) == 1
@@ -256,11 +285,12 @@ def small_disk(tmp_path):
 
 def _fill(disk: Path) -> Path:
     filler = disk / "filler"
-    with filler.open("wb") as handle:
+    # unbuffered: a buffered file would keep the part of the last write that did not fit and
+    # fail again when closed
+    with filler.open("wb", buffering=0) as handle:
         try:
             while True:
                 handle.write(b"\0" * (1 << 20))
-                handle.flush()
         except OSError:
             pass
     return filler

@@ -17,7 +17,14 @@ from sweeplab.sweep.run import run_sweep
 from sweeplab.sweep.storage import make_storage
 
 from .conftest import run_cli
-from .test_sweep import children, load, plan_and_run, sweep_in_background, sweep_overrides
+from .test_sweep import (
+    children,
+    load,
+    plan_and_run,
+    sweep_in_background,
+    sweep_overrides,
+    write_sweep_file,
+)
 
 
 def test_a_stacked_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri, capsys):
@@ -224,3 +231,35 @@ def test_ctrl_c_ends_a_stacks_runs_killed_and_the_sweep_resumes(mlflow_uri, _iso
     study = optuna.load_study(study_name="stint", storage=storage)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
     assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_a_space_with_trials_stacks_cannot_train_trains_every_trial_alone(mlflow_uri, tmp_path):
+    """AMSGrad is one choice of the space, and stacks cannot train it: the default
+    (`sweep.stack=0`) looks at every corner of the space, not the first, and trains each trial
+    alone; every trial completes."""
+    write_sweep_file(
+        tmp_path,
+        "amsgrad",
+        {
+            "params": {
+                "optimizer.amsgrad": "choice(false, true)",
+                "optimizer.lr": "interval(0.01, 0.1)",
+            }
+        },
+    )
+    overrides = [
+        f"hydra.searchpath=[file://{tmp_path}]",
+        *[o for o in sweep_overrides(mlflow_uri) if o != "sweep=synthetic"],
+        "sweep=amsgrad",
+        "sweep.n_trials=4",
+        "sweep.study_name=amsgrad",
+        "sweep.pruner.name=none",
+    ]
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        plan = plan_sweep(compose("config", overrides), overrides, "amsgrad")
+        run_sweep(plan)
+    trials = load(plan).trials
+    assert {t.params["optimizer.amsgrad"] for t in trials} == {False, True}
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert all("stack" not in t.user_attrs for t in trials)  # none trained in a stack

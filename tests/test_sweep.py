@@ -456,6 +456,10 @@ def test_two_workers_share_one_storage_and_finish_exactly_the_budget(
     assert len(numbers) == len(set(numbers)) == trials
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    # each worker samples from its own stream: no parameter set proposed twice (a continuous
+    # learning rate repeats only if two samplers share a seed)
+    proposed = {tuple(sorted(t.params.items())) for t in study.trials}
+    assert len(proposed) == trials
     # every epoch's value reached the storage, for the pruners of later trials
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert complete and all(len(t.intermediate_values) == epochs for t in complete)

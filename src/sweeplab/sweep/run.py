@@ -25,6 +25,8 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from sweeplab.phases import mark_phase
+from sweeplab.redaction import without_secrets
+from sweeplab.runtime import EXIT_MACHINE_FAILED
 from sweeplab.sweep.plan import SweepPlan
 from sweeplab.sweep.results import (
     SweepSummary,
@@ -94,6 +96,8 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
         close_orphan_runs(plan, study)
         count_invocation(plan, parent_run_id)
     deadline = started + plan.settings.timeout if plan.settings.timeout else None
+    # the extra workers stack as this one chose from every corner of the space (they check none)
+    argv = None if argv is None else [*argv, f"sweep.stack={worker.stack_size}"]
     procs = _start_workers(plan, argv, deadline) if argv is not None else []
     bar = _progress(plan, study)
     worker.on_trial_done.append(lambda line: _echo(bar, line, study))
@@ -118,7 +122,7 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     summary.wall_s, summary.experiment_id = time.time() - started, experiment_id
     mark_phase("sweep: reported")
     if reason.startswith(TOO_MANY_FAILED):  # the command exits 1: the parent says why
-        client.set_tag(parent_run_id, "failure_reason", reason)
+        client.set_tag(parent_run_id, "failure_reason", without_secrets(reason))
         client.set_terminated(parent_run_id, "FAILED")
     else:
         client.set_terminated(parent_run_id, "FINISHED")
@@ -144,7 +148,9 @@ def _end_of_sweep(
     except BaseException as err:
         client, _ = mlflow_client(plan)
         client.set_tag(
-            parent_run_id, "failure_reason", f"report failed: {type(err).__name__}: {err}"
+            parent_run_id,
+            "failure_reason",
+            without_secrets(f"report failed: {type(err).__name__}: {err}"),
         )
         client.set_terminated(parent_run_id, "FAILED")
         raise
@@ -190,7 +196,11 @@ def _stopped_by_machine(
     reason where that can still be written. A rerun resumes: the stopped trials are retried."""
     with contextlib.suppress(Exception):
         client, _ = mlflow_client(plan)
-        client.set_tag(parent_run_id, "failure_reason", f"{reason}; rerun the command to resume")
+        client.set_tag(
+            parent_run_id,
+            "failure_reason",
+            without_secrets(f"{reason}; rerun the command to resume"),
+        )
         client.set_terminated(parent_run_id, "KILLED")
     counts = state_counts(study.get_trials(deepcopy=False))
     summary = SweepSummary(plan.study_name, reason, counts, parent_run_id=parent_run_id)
@@ -238,7 +248,8 @@ def _work_while_workers_run(
     worker: Worker, procs: list[subprocess.Popen], deadline: float | None
 ) -> str:
     """This process's trials; then, until the extra workers end, the trials of any worker that
-    died (kill -9, the OOM killer): reaped at once, its trials failed and retried here."""
+    died (kill -9, the OOM killer, a SIGTERM of its own, a bug), failed and retried here; a
+    worker that met the machine's failure stops them all."""
     reason = worker.work(deadline)
     if reason.startswith(MACHINE_FAILED):  # the other workers cannot write either
         _stop_workers(procs)
@@ -248,11 +259,15 @@ def _work_while_workers_run(
         time.sleep(WORKER_POLL_S)
         ended = [proc for proc in running if proc.poll() is not None]
         running = [proc for proc in running if proc not in ended]
-        died = [proc for proc in ended if proc.returncode < 0]  # by a signal
+        if any(proc.returncode == EXIT_MACHINE_FAILED for proc in ended):
+            _stop_workers(running)
+            return f"{MACHINE_FAILED} in a worker process (its message is above)"
+        died = [proc for proc in ended if proc.returncode != 0]
         for proc in died:
+            code = proc.returncode
+            how = f"was killed (signal {-code})" if code < 0 else f"exited with status {code}"
             print(
-                f"worker process {proc.pid} was killed (signal {-proc.returncode}); "
-                "its trials are failed and retried",
+                f"worker process {proc.pid} {how}; its trials are failed and retried",
                 file=sys.stderr,
                 flush=True,
             )

@@ -77,14 +77,15 @@ class Claimed:
     configs: list[Config] = field(default_factory=list)  # one per seed
 
 
-def stack_size(plan: SweepPlan, cfg: Config) -> int:
-    """`sweep.stack`, or (0) as many as pay: AUTO_STACK where the stacked C++ loop covers the
+def stack_size(plan: SweepPlan, corners: list[Config]) -> int:
+    """`sweep.stack`, or (0) as many as pay: AUTO_STACK where the stacked C++ loop covers every
     trial (`covers_alone`: a small input on the CPU, no augmentation, no dropout, an optimizer
-    stacks train with), else 1: a trial of a wide input is matrix products, which a stack does
-    not make cheaper."""
+    stacks train with) at each of the space's `corners` (every bound and choice), else 1: a trial
+    of a wide input is matrix products, which a stack does not make cheaper, and one stacks
+    cannot train (another optimizer, AMSGrad) must train alone."""
     if plan.settings.stack:
         return plan.settings.stack
-    return AUTO_STACK if covers_alone(cfg) else 1
+    return AUTO_STACK if all(covers_alone(cfg) for cfg in corners) else 1
 
 
 def claim(study: optuna.Study, plan: SweepPlan, size: int) -> list[Claimed]:

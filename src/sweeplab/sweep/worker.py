@@ -95,6 +95,17 @@ class PruningCallback(Callback):
             raise optuna.TrialPruned(f"pruned at epoch {epoch} with {self.metric}={value:.4g}")
 
 
+def count_failed(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """The failed trials that count towards sweep.max_failure_rate: not one stopped by Ctrl-C or
+    the machine (a full disk, a store gone), nor one retried after its worker died (its retry
+    counts)."""
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    return sum(
+        t.state == TrialState.FAIL and STOPPED_BY not in t.user_attrs and t.number not in retried
+        for t in trials
+    )
+
+
 class Worker:
     """Claims trials of one study until its budget, time or failure limit is reached."""
 
@@ -119,8 +130,8 @@ class Worker:
         self.failed_by_machine: str | None = None  # why, once the machine failed a write
         uri = store_uri(plan.tracking)
         self.helper.send(("adopt", self.parent_key, uri, parent_run_id, False))
-        example = plan.example or compose_trials(plan, [extremes(plan.space)[0]])[0]
-        self.stack_size = stacking.stack_size(plan, example)
+        corners = plan.corners or compose_trials(plan, [extremes(plan.space)[0]])
+        self.stack_size = stacking.stack_size(plan, corners)
 
     def run_key(self, number: int) -> str:
         """How the MLflow helper knows trial `number`'s run."""
@@ -148,13 +159,7 @@ class Worker:
         count = self.count(trials)
         used = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
         running = count[TrialState.RUNNING]
-        retried = {t.user_attrs.get("retry_of") for t in trials}
-        failed = sum(  # not a trial stopped by Ctrl-C or the machine, nor one retried after
-            t.state == TrialState.FAIL  # its worker died (its retry counts)
-            and STOPPED_BY not in t.user_attrs
-            and t.number not in retried
-            for t in trials
-        )
+        failed = count_failed(trials)
         finished = used + failed
         # WAITING trials (retries of dead ones) are not claimed yet: the next ask() takes them
         if used + running >= self.plan.settings.n_trials:
