@@ -190,3 +190,53 @@ def test_cli_runs_the_commands_then_reports(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"wrote {folder / 'README.md'}" in done.stdout
     assert (folder / "figures" / "learning_curves.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_sweep_section_says_when_the_objective_first_reached_each_mark_and_shows_the_best(
+    tmp_path, mlflow_uri
+):
+    """The shipped MNIST sweep, on a tiny IDX set: the report finds the epoch at which val/acc
+    first reached a mark, and shows the pictures the selected trial logged (its distortions)."""
+    from mlflow.tracking import MlflowClient
+
+    from .test_mnist import tiny_arrays, write_idx_set
+
+    write_idx_set(tmp_path / "digits", tiny_arrays(n_train=60, n_test=20), gz=True)
+    overrides = [
+        "sweep=mnist",
+        "data=idx",
+        f"data.root={tmp_path / 'digits'}",
+        "data.n_val=20",
+        "trainer.epochs=2",
+        "sweep.n_trials=2",
+        "sweep.workers=1",
+        "sweep.timeout=null",
+        f"tracking.uri={mlflow_uri}",
+        "tracking.experiment=distorted-sweep",
+        "sweep.study_name=distorted-sweep",
+    ]
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        run_sweep(plan_sweep(compose("config", overrides), overrides, "mnist"))
+    spec = """
+        sections:
+          - kind: sweep
+            experiment: distorted-sweep
+            firsts: [0.0, 1.01]
+            best_figures: [distorted_images.png, misclassified.png]
+    """
+    folder = write_spec(tmp_path / "report", spec)
+    readme = write_report(load_report(folder), open_store(mlflow_uri)).read_text()
+
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("distorted-sweep").experiment_id
+    first = client.search_runs([experiment], "tags.`optuna.trial` = '0'")[0]
+    assert first.data.params["trainer.elastic_alpha"] == "34"  # the enqueued recipe
+    found = re.search(
+        r"\| val/acc first >= 0\.00 % \| after [\d.]+ s \(trial (\d), epoch 1\) \|", readme
+    )
+    assert found is not None and found.group(1) == "0"  # trial 0's first epoch comes first
+    assert "| val/acc first >= 101.00 % | not reached |" in readme
+    for name in ("distorted_images.png", "misclassified.png"):
+        assert f"(figures/{name})" in readme
+        assert (folder / "figures" / name).read_bytes()[:8] == PNG_MAGIC

@@ -13,7 +13,8 @@ the MLflow experiment a section names), never from the YAML. Section kinds:
 - `run`: one training run: its recipe, final metrics, wall time, an epoch table, its plots;
 - `grid`: a study's trials as `metric` against one parameter, a line per value of another;
 - `sweep`: a study: trial counts, wall time, best parameters and metrics, Optuna's plots, the best
-  value over time, an optional goal;
+  value over time, an optional goal, when the objective first reached each of `firsts`, and
+  the selected trial's own pictures (`best_figures`, where its trials log them);
 - `references`: published results beside the best of our runs.
 """
 
@@ -39,7 +40,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sweeplab.config import PROJECT_ROOT, TrackingConfig, store_uri
+from sweeplab.config import DISTORTIONS, PROJECT_ROOT, TrackingConfig, store_uri
 from sweeplab.figures import pyplot
 from sweeplab.provenance import environment_tags, git_commit
 
@@ -414,6 +415,7 @@ def section_sweep(page: Page, spec: dict[str, Any]) -> None:
         results.append(["its epochs", str(int(epochs))])
         found_after = (best.info.end_time - parent.info.start_time) / 1000
         results.append(["found after", duration(found_after)])
+    results += first_reached(store, parent, trials, objective, spec.get("firsts", []))
     page.parts.append(table(["result", "value"], results) + "\n")
     if best is not None:
         chosen = trial_values(best)
@@ -433,8 +435,39 @@ def section_sweep(page: Page, spec: dict[str, Any]) -> None:
             f"{verdict} ({pct(best.data.metrics.get(metric) if best else None)}).\n"
         )
     progress_figure(page, parent, trials, objective, spec)
+    for name in spec.get("best_figures", []) if best is not None else []:
+        page.copy_artifact(best, name, f"the selected trial: {name.removesuffix('.png')}")
     for name in spec.get("optuna_plots", []):
         page.copy_artifact(parent, f"optuna/{name}", name.removesuffix(".png").replace("_", " "))
+
+
+def first_reached(
+    store: Store, parent: Run, trials: list[Run], objective: str, marks: list[float]
+) -> list[list[str]]:
+    """A row per mark: when (since the sweep started), in which trial and at which epoch
+    `objective` first reached it, by the epochs' own timestamps (taken as they ended)."""
+    maximize = parent.data.params.get("sweep.direction", "maximize") == "maximize"
+    epochs = [
+        (metric, run.data.tags.get("optuna.trial"))
+        for run in (trials if marks else [])
+        for metric in store.client.get_metric_history(run.info.run_id, objective)
+    ]
+    rows = []
+    for mark in map(float, marks):
+        hits = sorted(
+            (metric.timestamp, trial, metric.step)
+            for metric, trial in epochs
+            if (metric.value >= mark if maximize else metric.value <= mark)
+        )
+        when = "not reached"
+        if hits:
+            timestamp, trial, epoch = hits[0]
+            since = duration((timestamp - parent.info.start_time) / 1000)
+            when = f"after {since} (trial {trial}, epoch {epoch})"
+        rows.append(
+            [f"{objective} first {'>=' if maximize else '<='} {_metric(objective, mark)}", when]
+        )
+    return rows
 
 
 def sweep_wall_time(parent: Run) -> str:
@@ -591,8 +624,13 @@ def describe_run(p: dict[str, str]) -> str:
         if float(p.get("model.input_dropout", 0))
         else "",
         f"{p['trainer.lr_schedule']} lr" if p.get("trainer.lr_schedule", "none") != "none" else "",
-        f"shift_pixels {p['trainer.shift_pixels']}"
-        if int(p.get("trainer.shift_pixels", 0))
+        *(
+            f"{key} {float(p[f'trainer.{key}']):g}"
+            for key, _, _ in DISTORTIONS
+            if float(p.get(f"trainer.{key}", 0))
+        ),
+        f"elastic_sigma {float(p['trainer.elastic_sigma']):g}"
+        if float(p.get("trainer.elastic_alpha", 0))
         else "",
     ]
     return ", ".join(
