@@ -67,11 +67,20 @@ class TrainState:
 
     def save(self, path: Path) -> None:
         """Write atomically: a process killed while writing leaves the previous checkpoint whole
-        (and at most a stale `<name>.tmp`, which the next save overwrites)."""
+        (and at most a stale `<name>.tmp`, which the next save overwrites); synced to the disk,
+        so that after a reboot or a power cut the file a trial resumes from is not empty."""
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = temporary_path(path)
-        torch.save(vars(self), temporary)  # (asdict would copy every tensor first)
+        with temporary.open("wb") as handle:
+            torch.save(vars(self), handle)  # (asdict would copy every tensor first)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
+        folder = os.open(path.parent, os.O_RDONLY)  # the rename itself
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     @classmethod
     def load(cls, path: Path) -> TrainState:
