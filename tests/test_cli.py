@@ -97,13 +97,20 @@ def test_diverging_run_fails_with_one_line_and_a_failed_run(_isolated_output):
     assert "training diverged" in run.data.tags["failure_reason"]
 
 
-@pytest.mark.parametrize("extra", [[], ["sweep.n_trials=3"]])
-def test_a_typo_in_the_sweep_name_is_named_before_any_work(extra, _isolated_output):
-    done = run_cli(
-        "sweeplab.sweep", "sweep=synthtic", *extra, env={"SWEEPLAB_OUTPUT": str(_isolated_output)}
-    )
+@pytest.mark.parametrize(
+    ("typo", "named"),
+    [
+        (["sweep=synthtic"], "sweep/synthtic"),
+        (["sweep=synthtic", "sweep.n_trials=3"], "sweep/synthtic"),
+        (["sweep=synthetic", "experiment=lecture_synthtic"], "experiment/lecture_synthtic"),
+    ],
+)
+def test_a_typo_in_a_sweep_or_experiment_name_is_named_before_any_work(
+    typo, named, _isolated_output
+):
+    done = run_cli("sweeplab.sweep", *typo, env={"SWEEPLAB_OUTPUT": str(_isolated_output)})
     assert done.returncode == 2
-    assert "Could not find 'sweep/synthtic'" in done.stderr and "synthetic" in done.stderr
+    assert f"Could not find '{named}'" in done.stderr and "synthetic" in done.stderr
     assert "AssertionError" not in done.stderr and "sweep=None" not in done.stderr
     assert not (_isolated_output / "mlflow.db").exists()
 
