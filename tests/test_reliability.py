@@ -24,7 +24,15 @@ from sweeplab.training import trainer
 from sweeplab.training.mlflow_store import as_logged
 
 from .conftest import run_cli
-from .test_sweep import SMALL, children, sweep_in_background, write_sweep_file
+from .test_sweep import (
+    SMALL,
+    children,
+    load,
+    plan_and_run,
+    sweep_in_background,
+    sweep_overrides,
+    write_sweep_file,
+)
 
 
 def regression_sweep(conf: Path, name: str, lrs: str) -> list[str]:
@@ -428,3 +436,46 @@ def test_a_killed_trial_resumes_from_its_checkpoint_as_if_never_killed(
         as_logged(epoch["val/loss"]) for epoch in uninterrupted.history
     ]
     assert retry.value == uninterrupted.metrics["val/acc"]
+
+
+@pytest.mark.parametrize("stack", [1, 0])
+def test_a_trial_the_schema_refuses_fails_with_its_own_failed_run(stack, mlflow_uri, tmp_path):
+    """A combination of values no corner of the space has (warm-up epochs not below the
+    epochs): its trial fails alone, before training, and its MLflow run says why; the others
+    train, one at a time or stacked."""
+    write_sweep_file(
+        tmp_path,
+        "warmup",
+        {
+            "params": {"trainer.epochs": "choice(2, 6)", "trainer.warmup_epochs": "choice(0, 3)"},
+            "sampler": {"name": "grid"},
+        },
+    )
+    overrides = [
+        f"hydra.searchpath=[file://{tmp_path}]",
+        *[
+            o
+            for o in sweep_overrides(mlflow_uri)
+            if o.partition("=")[0] not in ("sweep", "trainer.epochs")
+        ],
+        "sweep=warmup",
+        "sweep.n_trials=3",
+        f"sweep.stack={stack}",
+        f"sweep.study_name=warmup{stack}",
+        "trainer.lr_schedule=cosine",
+    ]
+    plan, _ = plan_and_run(overrides, "warmup")
+    trials = load(plan).trials
+    [refused] = [t for t in trials if t.state == TrialState.FAIL]
+    assert refused.params == {"trainer.epochs": 2, "trainer.warmup_epochs": 3}
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(refused.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["mlflow.parentRunId"] == load(plan).user_attrs["mlflow_parent_run_id"]
+    assert (
+        "trainer.warmup_epochs=3: must be >= 0 and < trainer.epochs=2"
+        in (run.data.tags["failure_reason"])
+    )
+    assert run.info.run_name == f"warmup{stack}-trial-{refused.number} (failed)"
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["traceback.txt"]

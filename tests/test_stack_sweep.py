@@ -255,10 +255,7 @@ def test_a_space_with_trials_stacks_cannot_train_trains_every_trial_alone(mlflow
         "sweep.study_name=amsgrad",
         "sweep.pruner.name=none",
     ]
-    register_configs()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        plan = plan_sweep(compose("config", overrides), overrides, "amsgrad")
-        run_sweep(plan)
+    plan, _ = plan_and_run(overrides, "amsgrad")
     trials = load(plan).trials
     assert {t.params["optimizer.amsgrad"] for t in trials} == {False, True}
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4

@@ -43,10 +43,10 @@ def sweep_overrides(mlflow_uri, *extra):
     return ["sweep=synthetic", *SMALL, *pictures, f"tracking.uri={mlflow_uri}", *extra]
 
 
-def plan_and_run(overrides):
+def plan_and_run(overrides, sweep_name="synthetic"):
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        plan = plan_sweep(compose("config", overrides), overrides, "synthetic")
+        plan = plan_sweep(compose("config", overrides), overrides, sweep_name)
         return plan, run_sweep(plan)
 
 

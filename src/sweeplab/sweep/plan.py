@@ -196,24 +196,42 @@ def stackable(key: str) -> bool:
 
 
 def compose_trials(plan: SweepPlan, values: list[dict[str, Any]]) -> list[Config]:
-    """The typed configs of many trials: Hydra composes each distinct set of the values that
-    stacked trials share once (`compose_trial`); the values that may differ within a stack are
-    set on a copy of it and checked (config.validate), a fraction of a composition's cost."""
-    composed: dict[tuple, Config] = {}
-    configs = []
+    """The typed configs of many trials (`compose_each`); ConfigError for the first that the
+    schema refuses."""
+    configs = compose_each(plan, values)
+    if refused := [cfg for cfg in configs if isinstance(cfg, ConfigError)]:
+        raise refused[0]
+    return [cfg for cfg in configs if isinstance(cfg, Config)]
+
+
+def compose_each(plan: SweepPlan, values: list[dict[str, Any]]) -> list[Config | ConfigError]:
+    """Each trial's typed config, or why the schema refuses it: Hydra composes each distinct set
+    of the values that stacked trials share once (`compose_trial`); the values that may differ
+    within a stack are set on a copy of it and checked (config.validate), a fraction of a
+    composition's cost."""
+    composed: dict[tuple, Config | ConfigError] = {}
+    configs: list[Config | ConfigError] = []
     for trial_values in values:
         shared = {k: v for k, v in trial_values.items() if not stackable(k)}
         key = tuple(sorted((k, repr(v)) for k, v in shared.items()))
         if key not in composed:
-            composed[key] = compose_trial(plan, shared)
-        cfg = copy.deepcopy(composed[key])
+            try:
+                composed[key] = compose_trial(plan, shared)
+            except ConfigError as err:
+                composed[key] = err
+        base = composed[key]
+        if isinstance(base, ConfigError):
+            configs.append(ConfigError(f"{base} (from sweep.params: {trial_values})"))
+            continue
+        cfg = copy.deepcopy(base)
         for dotted, value in trial_values.items():
             if stackable(dotted):
                 _set(cfg, dotted, value)
         try:
             validate(cfg)
         except ConfigError as err:
-            raise ConfigError(f"{err} (from sweep.params: {trial_values})") from None
+            configs.append(ConfigError(f"{err} (from sweep.params: {trial_values})"))
+            continue
         configs.append(cfg)
     return configs
 

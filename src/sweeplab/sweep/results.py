@@ -14,6 +14,7 @@ import functools
 import math
 import sys
 import tempfile
+import traceback
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,12 +41,19 @@ from sweeplab.figures import IMPORTING_MATPLOTLIB, pyplot
 from sweeplab.provenance import source_tags
 from sweeplab.redaction import without_secrets
 from sweeplab.serving import save_pyfunc
-from sweeplab.sweep.plan import SweepPlan, compose_trial
+from sweeplab.sweep.plan import SweepPlan, compose_trial, trial_run_name
 from sweeplab.sweep.space import describe, to_overrides
 from sweeplab.sweep.storage import best_or_none, wait_for_orphaned_helpers
 from sweeplab.training.mlflow_helper import Helper
 from sweeplab.training.mlflow_store import MAX_BATCH, connect
-from sweeplab.training.tracking import NOTE_TAG, TrackedRun, param_text, run_params, train
+from sweeplab.training.tracking import (
+    NOTE_TAG,
+    PARENT_TAG,
+    TrackedRun,
+    param_text,
+    run_params,
+    train,
+)
 from sweeplab.training.trainer import TrainResult
 
 FRONT_TAG = "sweeplab.pareto"  # on a trial's run: whether the trial is on the Pareto front
@@ -54,6 +62,31 @@ FRONT_ATTR = "pareto_front"  # on the study: the trials tagged on the front
 
 def mlflow_client(plan: SweepPlan) -> tuple[MlflowClient, str]:
     return connect(store_uri(plan.tracking), plan.tracking.experiment, str(output_dir()))
+
+
+def failed_before_training(
+    plan: SweepPlan, parent_run_id: str, trial: optuna.Trial, values: dict[str, Any], err: Exception
+) -> None:
+    """The MLflow run of a trial that failed before it could train (the schema refused its
+    combination of values): FAILED, with the error, its traceback and the values, so that the
+    runs table misses no trial."""
+    client, experiment_id = mlflow_client(plan)
+    name = trial_run_name(plan.study_name, trial.number, TrialState.FAIL, None)
+    tags = {
+        PARENT_TAG: parent_run_id,
+        "sweeplab.role": "trial",
+        "optuna.study": plan.study_name,
+        "optuna.trial": str(trial.number),
+        "optuna.trial_state": TrialState.FAIL.name,
+        "optuna.params": " ".join(to_overrides(values))[:5000],
+        "failure_reason": without_secrets(f"{type(err).__name__}: {err}")[:5000],
+        NOTE_TAG: f"Failed before training: {without_secrets(str(err))}",
+    }
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    client.log_text(run.info.run_id, without_secrets(text), "traceback.txt")
+    client.set_terminated(run.info.run_id, "FAILED")
+    trial.set_user_attr("mlflow_run_id", run.info.run_id)
 
 
 def find_or_create_parent(plan: SweepPlan, study: optuna.Study) -> str:

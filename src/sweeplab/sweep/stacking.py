@@ -27,11 +27,12 @@ import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from sweeplab.config import Config
+from sweeplab.config import Config, ConfigError
 from sweeplab.phases import mark_phase
 from sweeplab.runtime import INTERRUPTED, interrupts_deferred
 from sweeplab.sweep.front import FrontGuard, front_guard
-from sweeplab.sweep.plan import SweepPlan, compose_trials, stackable, trial_run_name
+from sweeplab.sweep.plan import SweepPlan, compose_each, stackable, trial_run_name
+from sweeplab.sweep.results import failed_before_training
 from sweeplab.sweep.sampling import FirstObjective
 from sweeplab.sweep.space import suggest, to_overrides
 from sweeplab.sweep.storage import (
@@ -113,14 +114,13 @@ def claim(study: optuna.Study, plan: SweepPlan, size: int) -> list[Claimed]:
 def train_claimed(claimed: list[Claimed], context: Context) -> None:
     """Train the claimed trials, in as few stacks as what they share allows."""
     plan = context.plan
-    try:
-        configs = compose_trials(plan, [entry.values for entry in claimed])
-    except Exception as err:
-        for entry in claimed:
-            _tell(context, entry, TrialState.FAIL, None, err)
-        raise
+    configs = compose_each(plan, [entry.values for entry in claimed])
     stacks: dict[tuple, list[Claimed]] = {}
     for entry, cfg in zip(claimed, configs, strict=True):
+        if isinstance(cfg, ConfigError):  # a combination the schema refuses, not at a corner
+            failed_before_training(plan, context.parent_run_id, entry.trial, entry.values, cfg)
+            _tell(context, entry, TrialState.FAIL, None, cfg)
+            continue
         entry.configs = members(cfg, plan.settings.repeats)
         stacks.setdefault(stack_key(entry.configs[0]), []).append(entry)
     for entries in stacks.values():

@@ -24,13 +24,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweeplab.config import Config, output_dir, store_uri
+from sweeplab.config import Config, ConfigError, output_dir, store_uri
 from sweeplab.machine import machine_failure
 from sweeplab.phases import mark_phase
 from sweeplab.runtime import INTERRUPTED, stopping
 from sweeplab.sweep import stacking
 from sweeplab.sweep.front import FrontGuard, front_guard
 from sweeplab.sweep.plan import SweepPlan, compose_trial, compose_trials, trial_note, trial_run_name
+from sweeplab.sweep.results import failed_before_training
 from sweeplab.sweep.space import describe, extremes, suggest, to_overrides
 from sweeplab.sweep.stopping import plateau
 from sweeplab.sweep.storage import (
@@ -219,7 +220,11 @@ class Worker:
         self.lock.release()  # the trial exists now: other workers count it
         mark_owner(trial)
         values = suggest(trial, self.plan.space)
-        cfg = compose_trial(self.plan, values)
+        try:
+            cfg = compose_trial(self.plan, values)
+        except ConfigError as err:  # a combination the schema refuses, not at a corner
+            failed_before_training(self.plan, self.parent_run_id, trial, values, err)
+            raise
         if cfg.trainer.num_threads == 0:
             cfg.trainer.num_threads = auto_threads(cfg, available=self.threads)
         if cfg.tracking.run_name is None:
