@@ -479,3 +479,29 @@ def test_a_trial_the_schema_refuses_fails_with_its_own_failed_run(stack, mlflow_
     )
     assert run.info.run_name == f"warmup{stack}-trial-{refused.number} (failed)"
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["traceback.txt"]
+
+
+def test_ctrl_c_after_a_trial_trained_leaves_optuna_and_mlflow_agreeing(mlflow_uri, monkeypatch):
+    """Ctrl-C landing after a trial's run ended FINISHED but before Optuna was told (while its
+    results are recorded): Optuna fails the trial, so its run ends KILLED, and a resume retries
+    it. A signal cannot be timed to that moment: the interrupt is raised there instead."""
+    from sweeplab.sweep.plan import SweepPlan
+
+    def interrupted(plan, trial, metrics):
+        raise KeyboardInterrupt("signal 2")
+
+    monkeypatch.setattr(SweepPlan, "record_result", interrupted)
+    overrides = sweep_overrides(mlflow_uri, "sweep.stack=1", "sweep.study_name=late-ctrl-c")
+    with pytest.raises(KeyboardInterrupt):
+        plan_and_run(overrides)
+    [trial] = optuna.load_study(
+        study_name="late-ctrl-c",
+        storage=make_storage(
+            str(Path(os.environ["SWEEPLAB_OUTPUT"]) / "optuna" / "late-ctrl-c.journal")
+        ),
+    ).trials
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["stopped_by"] == "interrupted (Ctrl-C or SIGTERM)"  # retried
+    run = MlflowClient(mlflow_uri).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    assert run.data.tags["optuna.trial_state"] == "FAIL"

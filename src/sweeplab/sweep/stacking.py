@@ -174,9 +174,12 @@ def train_stack(entries: list[Claimed], context: Context) -> None:
         raise
     pruning.write()
     mark_phase(f"sweep: stack of {len(entries)} trained")
-    for entry, run, outcome in zip(entries, runs, outcomes, strict=True):
-        run.wait_started()  # its run id on the trial while it can still take attributes
-        _finish(entry, run, outcome, context)
+    # an interrupt waits until every trial is told: else a run could end FINISHED whose trial
+    # Optuna then fails
+    with interrupts_deferred():
+        for entry, run, outcome in zip(entries, runs, outcomes, strict=True):
+            run.wait_started()  # its run id on the trial while it can still take attributes
+            _finish(entry, run, outcome, context)
 
 
 def _start_run(entry: Claimed, context: Context) -> TrackedRun:

@@ -235,9 +235,10 @@ class Worker:
         resume = self.resumable(cfg, retry_of)
         try:
             result, _ = self._train(trial, cfg, values, resume)
+            value = self.plan.told(result.metrics)
+            self.plan.record_result(trial, result.metrics)
         except KeyboardInterrupt:  # Optuna fails the trial: its run says so, as after_trial would
-            self._tag_state(trial.number, TrialState.FAIL)
-            trial.set_user_attr(STOPPED_BY, INTERRUPTED)
+            self._stopped_by_interrupt(trial)
             raise  # (its checkpoint stays, for its retry: stopped, it did not end)
         except Exception as err:
             if (why := machine_failure(err)) is not None:  # this sweep stops; the trial is
@@ -248,9 +249,19 @@ class Worker:
                 self.remove_checkpoints(trial.number, retry_of)
             raise
         self.remove_checkpoints(trial.number, retry_of)
-        value = self.plan.told(result.metrics)
-        self.plan.record_result(trial, result.metrics)
         return value
+
+    def _stopped_by_interrupt(self, trial: optuna.Trial) -> None:
+        """Ctrl-C or SIGTERM stopped `trial`, which Optuna then fails and a resume retries: its
+        MLflow run ends KILLED, also when the interrupt came after its run had ended FINISHED
+        (while its results were being recorded), so that Optuna and MLflow agree."""
+        self._tag_state(trial.number, TrialState.FAIL)
+        trial.set_user_attr(STOPPED_BY, INTERRUPTED)
+        key = self.run_key(trial.number)
+        if key in self.helper.uris:
+            now = int(time.time() * 1000)
+            self.helper.send(("end", key, "KILLED", INTERRUPTED, None, now))
+        self.helper.sync()
 
     def _train(
         self,
