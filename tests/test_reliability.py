@@ -175,6 +175,14 @@ def test_two_processes_starting_the_same_new_sweep_at_once(tmp_path):
     assert len(parents) == 1
     assert len(children(uri, parents[0].info.run_id)) == 6
 
+    # a resume with a larger budget proposes new trials, not the first ones again
+    more = [a.replace("sweep.n_trials=6", "sweep.n_trials=9") for a in args]
+    assert run_cli("sweeplab.sweep", *more, env={"SWEEPLAB_OUTPUT": str(out)}).returncode == 0
+    study = optuna.load_study(
+        study_name="twin", storage=make_storage(str(out / "optuna" / "twin.journal"))
+    )
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == len(study.trials) == 9
+
 
 @pytest.mark.parametrize("module", ["sweeplab.train", "sweeplab.sweep"])
 def test_unwritable_output_folder_fails_at_start(module, tmp_path):
