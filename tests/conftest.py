@@ -3,9 +3,14 @@ SQLite MLflow store per test session (creating a store costs seconds, so it is m
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -64,63 +69,86 @@ def run_cli(module: str, *args: str, env: dict[str, str] | None = None, timeout:
     )
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A throw-away PostgreSQL server on 127.0.0.1 (Debian's postgresql, which .ci/run installs);
-    the tests using it skip, saying why, only where no server can be started."""
-    import glob
-    import pwd
-    import shutil
-    import socket
-    import tempfile
+class PostgresServer:
+    """A throw-away PostgreSQL server on 127.0.0.1 (Debian's postgresql, which .ci/run installs)
+    with a database `optuna`; `stop` and `start` it (as a crash and a restart would), `remove`
+    it. Skips the test, saying why, where no server can be started."""
 
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
-    bindir = Path(found[-1]).parent
-    as_postgres: list[str] = []
-    folder = Path(tempfile.mkdtemp(prefix="sweeplab-pg-"))
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and no 'postgres' user to run the server as")
-        os.chown(folder, user.pw_uid, user.pw_gid)
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    data = folder / "data"
+    def __init__(self) -> None:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found:
+            pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+        self.bindir = Path(found[-1]).parent
+        self.as_postgres: list[str] = []
+        self.folder = Path(tempfile.mkdtemp(prefix="sweeplab-pg-"))
+        if os.geteuid() == 0:  # initdb refuses to run as root
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.skip("running as root and no 'postgres' user to run the server as")
+            os.chown(self.folder, user.pw_uid, user.pw_gid)
+            self.as_postgres = ["runuser", "-u", "postgres", "--"]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.data = self.folder / "data"
+        self._run(
+            str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust"
+        )
+        self.start()
+        host = ("-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres")
+        self._run(str(self.bindir / "createdb"), *host, "optuna")
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/optuna"
 
-    def run(*cmd: str) -> None:
-        done = subprocess.run([*as_postgres, *cmd], capture_output=True, text=True, timeout=120)
+    def _run(self, *cmd: str) -> None:
+        done = subprocess.run(
+            [*self.as_postgres, *cmd], capture_output=True, text=True, timeout=120
+        )
         if done.returncode != 0:
             pytest.skip(
-                f"could not start PostgreSQL: {' '.join(cmd[:2])}: {done.stderr.strip()[-300:]}"
+                f"could not run PostgreSQL: {' '.join(cmd[:2])}: {done.stderr.strip()[-300:]}"
             )
 
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust")
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
-    run(
-        str(bindir / "pg_ctl"),
-        "-D",
-        str(data),
-        "-o",
-        options,
-        "-l",
-        str(folder / "log"),
-        "-w",
-        "start",
-    )
-    try:
-        run(
-            str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        pg_ctl = str(self.bindir / "pg_ctl")
+        self._run(
+            pg_ctl,
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.folder / "log"),
+            "-w",
+            "start",
         )
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
-    finally:
+
+    def stop(self, mode: str = "fast") -> None:
         subprocess.run(
-            [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+            [
+                *self.as_postgres,
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-m",
+                mode,
+                "stop",
+            ],
             capture_output=True,
             timeout=120,
         )
-        shutil.rmtree(folder, ignore_errors=True)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The URL of a PostgreSQL server the session's tests share."""
+    server = PostgresServer()
+    try:
+        yield server.url
+    finally:
+        server.remove()

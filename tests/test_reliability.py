@@ -3,6 +3,7 @@ starts, unwritable output folders. Real processes, real storages, a real MLflow 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from sweeplab.sweep.worker import count_failed
 from sweeplab.training import trainer
 from sweeplab.training.mlflow_store import as_logged
 
-from .conftest import run_cli
+from .conftest import PostgresServer, run_cli
 from .test_sweep import (
     SMALL,
     children,
@@ -513,3 +514,61 @@ def test_ctrl_c_after_a_trial_trained_leaves_optuna_and_mlflow_agreeing(mlflow_u
     run = MlflowClient(mlflow_uri).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED"
     assert run.data.tags["optuna.trial_state"] == "FAIL"
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL server of this test's own, which it may stop and start."""
+    server = PostgresServer()
+    yield server
+    server.remove()
+
+
+@pytest.mark.slow
+def test_a_store_that_stops_answering_stops_the_sweep_and_a_rerun_resumes(
+    own_postgres, mlflow_uri, _isolated_output
+):
+    """The study's PostgreSQL server goes down mid-trial (as a crash would): the sweep stops in
+    one line, exit 3, instead of failing trial after trial; once the server is back, the same
+    command finishes the budget (the trial it was training is retried)."""
+    args = sweep_overrides(
+        mlflow_uri,
+        "sweep.n_trials=3",
+        "sweep.stack=1",
+        "sweep.study_name=gone",
+        "sweep.pruner.name=none",
+        "trainer.epochs=3000",  # seconds a trial
+        f"sweep.storage={own_postgres.url}",
+    )
+    env = {**os.environ, "SWEEPLAB_OUTPUT": str(_isolated_output)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeplab.sweep", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    storage = make_storage(own_postgres.url)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        with contextlib.suppress(KeyError, ValueError):
+            study = optuna.load_study(study_name="gone", storage=storage)
+            if any(t.intermediate_values for t in study.get_trials(states=(TrialState.RUNNING,))):
+                break
+    else:
+        proc.kill()
+        pytest.fail(f"no trial got going: {proc.communicate()[1][-3000:]}")
+    storage.engine.dispose()
+    own_postgres.stop("immediate")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 3, stderr[-3000:]
+    assert "the machine failed" in stderr and "the store stopped answering" in stderr, stderr
+    assert "Traceback" not in stderr and len(stderr.splitlines()) < 10, stderr[-3000:]
+
+    own_postgres.start()
+    done = run_cli("sweeplab.sweep", *args, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = optuna.load_study(study_name="gone", storage=make_storage(own_postgres.url))
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 3 and TrialState.RUNNING not in states
