@@ -528,9 +528,10 @@ def own_postgres():
 def test_a_store_that_stops_answering_stops_the_sweep_and_a_rerun_resumes(
     own_postgres, mlflow_uri, _isolated_output
 ):
-    """The study's PostgreSQL server goes down mid-trial (as a crash would): the sweep stops in
-    one line, exit 3, instead of failing trial after trial; once the server is back, the same
-    command finishes the budget (the trial it was training is retried)."""
+    """The study's PostgreSQL server goes down mid-trial (as a crash would): the sweep stops
+    with a summary, its MLflow parent KILLED, exit 3, instead of failing trial after trial; once
+    the server is back, the same command finishes the budget (the trial it was training is
+    retried)."""
     args = sweep_overrides(
         mlflow_uri,
         "sweep.n_trials=3",
@@ -563,8 +564,13 @@ def test_a_store_that_stops_answering_stops_the_sweep_and_a_rerun_resumes(
     own_postgres.stop("immediate")
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 3, stderr[-3000:]
-    assert "the machine failed" in stderr and "the store stopped answering" in stderr, stderr
+    assert "stopped: the machine failed: the store stopped answering" in stdout, stdout + stderr
     assert "Traceback" not in stderr and len(stderr.splitlines()) < 10, stderr[-3000:]
+    parent = MlflowClient(mlflow_uri).search_runs(
+        [MlflowClient(mlflow_uri).get_experiment_by_name("sweep-synthetic").experiment_id],
+        "tags.`optuna.study` = 'gone' and tags.`sweeplab.role` = 'study'",
+    )[0]
+    assert parent.info.status == "KILLED"  # and FINISHED after the rerun (below)
 
     own_postgres.start()
     done = run_cli("sweeplab.sweep", *args, env=env)
@@ -572,3 +578,4 @@ def test_a_store_that_stops_answering_stops_the_sweep_and_a_rerun_resumes(
     study = optuna.load_study(study_name="gone", storage=make_storage(own_postgres.url))
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) == 3 and TrialState.RUNNING not in states
+    assert MlflowClient(mlflow_uri).get_run(parent.info.run_id).info.status == "FINISHED"

@@ -33,6 +33,7 @@ from sweeplab.training.trainer import check_memory, resolve_device
 
 def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in summary.counts.items())
+    counts = counts or "trial counts unknown: the study's store did not answer"
     trials, stacks = summary.stacked
     if stacks:
         counts += f"; {trials} trials in {stacks} stack{'s' if stacks > 1 else ''}"

@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from sweeplab.machine import machine_failure
 from sweeplab.phases import mark_phase
 from sweeplab.redaction import without_secrets
 from sweeplab.runtime import EXIT_MACHINE_FAILED
@@ -110,6 +111,11 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
         client.set_tag(parent_run_id, "failure_reason", "interrupted; rerun the command to resume")
         client.set_terminated(parent_run_id, "KILLED")
         raise
+    except Exception as err:  # the machine's failure outside a trial (the study's store gone)
+        if (why := machine_failure(err)) is None:
+            raise
+        _stop_workers(procs)
+        reason = f"{MACHINE_FAILED}: {why}"
     finally:
         if bar is not None:
             bar.close()
@@ -202,12 +208,13 @@ def _stopped_by_machine(
             without_secrets(f"{reason}; rerun the command to resume"),
         )
         client.set_terminated(parent_run_id, "KILLED")
-    counts = state_counts(study.get_trials(deepcopy=False))
-    summary = SweepSummary(plan.study_name, reason, counts, parent_run_id=parent_run_id)
+    summary = SweepSummary(plan.study_name, reason, {}, parent_run_id=parent_run_id)
     summary.wall_s = time.time() - started
-    if (best := best_or_none(study)) is not None:
-        summary.best_value, summary.best_params = best.value, dict(best.params)
-        summary.best_run_id = best.user_attrs.get("mlflow_run_id")
+    with contextlib.suppress(Exception):  # (the study's store may be what failed)
+        summary.counts = state_counts(study.get_trials(deepcopy=False))
+        if (best := best_or_none(study)) is not None:
+            summary.best_value, summary.best_params = best.value, dict(best.params)
+            summary.best_run_id = best.user_attrs.get("mlflow_run_id")
     return summary
 
 
