@@ -117,6 +117,8 @@ def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri, monkeypa
     assert (
         parent.data.params["sweep.objective"] == "val/acc" and "objective" not in parent.data.params
     )
+    assert parent.data.params["sweep.storage"] == plan.storage  # resolved: the journal file
+    assert not {"storage", "sweep.n_jobs", "optimized_metric"} & set(parent.data.params)
     assert parent.data.tags["best_trial_value"] == f"{study.best_value:.6g}"
     assert "best_value" not in parent.data.tags
     assert parent.data.tags["mlflow.note.content"].startswith(

@@ -113,12 +113,16 @@ def find_or_create_parent(plan: SweepPlan, study: optuna.Study) -> str:
     params = {f"sweep.{k}": v for k, v in to_flat_dict_sweep(plan.settings).items()}
     # one param: `space.<key>` params came up beside the trials' own when searching columns
     params["sweep.params"] = " ".join(f"{k}={e}" for k, e in plan.space.expressions.items())
-    params["sweep.objective"] = plan.objective  # resolved (`optimized_metric`, val/acc)
-    params |= {key: param_text(value) for key, value in sweep_constants(plan).items()}
-    params |= {
-        "storage": plan.storage,
-        "overrides": " ".join(plan.overrides),
-    }
+    # resolved, each under one name: the objective (`optimized_metric`, else val/acc), the
+    # storage (null: the journal file), the workers (`n_jobs` is its alias)
+    params["sweep.objective"] = plan.objective
+    params["sweep.storage"] = plan.storage
+    params["sweep.workers"] = plan.workers
+    del params["sweep.n_jobs"]
+    constants = sweep_constants(plan)
+    constants.pop("optimized_metric", None)
+    params |= {key: param_text(value) for key, value in constants.items()}
+    params["overrides"] = " ".join(plan.overrides)
     batch = [Param(k, without_secrets(str(v))[:6000]) for k, v in params.items()]
     for i in range(0, len(batch), MAX_BATCH):
         client.log_batch(run_id, params=batch[i : i + MAX_BATCH])
