@@ -3,7 +3,6 @@ starts, unwritable output folders. Real processes, real storages, a real MLflow 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -541,26 +540,13 @@ def test_a_store_that_stops_answering_stops_the_sweep_and_a_rerun_resumes(
         "trainer.epochs=3000",  # seconds a trial
         f"sweep.storage={own_postgres.url}",
     )
-    env = {**os.environ, "SWEEPLAB_OUTPUT": str(_isolated_output)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sweeplab.sweep", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc, _ = sweep_in_background(
+        args,
+        _isolated_output,
+        "gone",
+        lambda running: any(t.intermediate_values for t in running),
+        storage=own_postgres.url,
     )
-    storage = make_storage(own_postgres.url)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        with contextlib.suppress(KeyError, ValueError):
-            study = optuna.load_study(study_name="gone", storage=storage)
-            if any(t.intermediate_values for t in study.get_trials(states=(TrialState.RUNNING,))):
-                break
-    else:
-        proc.kill()
-        pytest.fail(f"no trial got going: {proc.communicate()[1][-3000:]}")
-    storage.engine.dispose()
     own_postgres.stop("immediate")
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 3, stderr[-3000:]
@@ -573,7 +559,7 @@ def test_a_store_that_stops_answering_stops_the_sweep_and_a_rerun_resumes(
     assert parent.info.status == "KILLED"  # and FINISHED after the rerun (below)
 
     own_postgres.start()
-    done = run_cli("sweeplab.sweep", *args, env=env)
+    done = run_cli("sweeplab.sweep", *args, env={"SWEEPLAB_OUTPUT": str(_isolated_output)})
     assert done.returncode == 0, done.stderr[-3000:]
     study = optuna.load_study(study_name="gone", storage=make_storage(own_postgres.url))
     states = [t.state for t in study.trials]

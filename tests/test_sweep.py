@@ -581,10 +581,11 @@ def test_killed_sweep_resumes_failing_and_retrying_the_orphan(
     assert orphan.info.status == "KILLED"
 
 
-def sweep_in_background(args, output, study_name, ready, new_session=False):
+def sweep_in_background(args, output, study_name, ready, new_session=False, storage=None):
     """`python -m sweeplab.sweep ARGS` as a subprocess, returned with its running trials once
     `ready(running trials)` holds and each has its MLflow run; with `new_session`, in a process
-    group of its own (that a test may kill)."""
+    group of its own (that a test may kill). The study is in `storage` (default: its journal
+    file in `output`)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "sweeplab.sweep", *args],
         env={**os.environ, "SWEEPLAB_OUTPUT": str(output)},
@@ -596,7 +597,7 @@ def sweep_in_background(args, output, study_name, ready, new_session=False):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         start_new_session=new_session,
     )
-    storage = str(output / "optuna" / f"{study_name}.journal")
+    storage = storage or str(output / "optuna" / f"{study_name}.journal")
     deadline = time.time() + 180
     seen: list[tuple[int, str, int, bool]] = []  # (trial, state, epochs reported, has a run)
     while time.time() < deadline and proc.poll() is None:
