@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import optuna
+from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from tqdm import tqdm
 
@@ -104,18 +105,7 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     worker.on_trial_done.append(lambda line: _echo(bar, line, study))
     client, experiment_id = mlflow_client(plan)
     try:
-        with _plotting_loaded_while_training(worker):
-            reason = _work_while_workers_run(worker, procs, deadline)
-    except KeyboardInterrupt:
-        _stop_workers(procs)
-        client.set_tag(parent_run_id, "failure_reason", "interrupted; rerun the command to resume")
-        client.set_terminated(parent_run_id, "KILLED")
-        raise
-    except Exception as err:  # the machine's failure outside a trial (the study's store gone)
-        if (why := machine_failure(err)) is None:
-            raise
-        _stop_workers(procs)
-        reason = f"{MACHINE_FAILED}: {why}"
+        reason = _trials(worker, procs, deadline, client, parent_run_id)
     finally:
         if bar is not None:
             bar.close()
@@ -133,6 +123,31 @@ def run_sweep(plan: SweepPlan, argv: list[str] | None = None) -> SweepSummary:
     else:
         client.set_terminated(parent_run_id, "FINISHED")
     return summary
+
+
+def _trials(
+    worker: Worker,
+    procs: list[subprocess.Popen],
+    deadline: float | None,
+    client: MlflowClient,
+    parent_run_id: str,
+) -> str:
+    """Every worker's trials, until the sweep stops: why it stopped. Ctrl-C stops the workers
+    and ends the parent KILLED; the machine's failure outside a trial (the study's store gone)
+    stops them too, as one inside a trial does."""
+    try:
+        with _plotting_loaded_while_training(worker):
+            return _work_while_workers_run(worker, procs, deadline)
+    except KeyboardInterrupt:
+        _stop_workers(procs)
+        client.set_tag(parent_run_id, "failure_reason", "interrupted; rerun the command to resume")
+        client.set_terminated(parent_run_id, "KILLED")
+        raise
+    except Exception as err:
+        if (why := machine_failure(err)) is None:
+            raise
+        _stop_workers(procs)
+        return f"{MACHINE_FAILED}: {why}"
 
 
 def _end_of_sweep(
