@@ -3,6 +3,7 @@ starts, unwritable output folders. Real processes, real storages, a real MLflow 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -565,3 +566,37 @@ def test_a_store_that_stops_answering_stops_the_sweep_and_a_rerun_resumes(
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) == 3 and TrialState.RUNNING not in states
     assert MlflowClient(mlflow_uri).get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_a_single_run_in_one_line(small_disk):
+    """`python -m sweeplab.train` whose store's disk fills up while it trains: exit 3 with one
+    line naming the cause, not a traceback."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sweeplab.train",
+            f"tracking.uri=sqlite:///{small_disk / 'mlflow.db'}",
+            "trainer.epochs=200000",  # minutes: it ends when the disk is full
+            "trainer.progress=false",
+        ],
+        env={**os.environ, "SWEEPLAB_OUTPUT": str(small_disk / "outputs")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    client = MlflowClient(f"sqlite:///{small_disk / 'mlflow.db'}")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        with contextlib.suppress(Exception):  # the store may not exist yet
+            experiment = client.get_experiment_by_name("sweeplab").experiment_id
+            if client.search_runs([experiment], "metrics.`val/acc` > 0"):
+                break
+    filler = _fill(small_disk)
+    _, stderr = proc.communicate(timeout=300)
+    filler.unlink()
+    assert proc.returncode == 3, stderr[-3000:]
+    assert "the machine failed (no space left on device)" in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr and len(stderr.splitlines()) < 5, stderr[-3000:]
