@@ -325,9 +325,6 @@ def test_an_interrupted_train_ends_its_run_killed_in_one_line_with_130(signum, _
     assert proc.returncode == 130, stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == "error: interrupted", stderr[-2000:]
     assert "Traceback" not in stderr
-    # KILLED, if not at once then once the helper has it (a CI rehearsal under load once read
-    # RUNNING right after the exit)
-    deadline = time.time() + 30
-    while client.get_run(runs[0].info.run_id).info.status == "RUNNING" and time.time() < deadline:
-        time.sleep(0.5)
+    # before the command returns (CI once read RUNNING: this test's client had created the new
+    # store meanwhile, the helper's start failed, and the helper dropped the run's end)
     assert client.get_run(runs[0].info.run_id).info.status == "KILLED"

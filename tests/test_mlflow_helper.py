@@ -152,6 +152,43 @@ def test_a_message_the_helper_cannot_apply_raises_the_stores_error_here(helper, 
     helper.send(("end", key, "FAILED", "no store", None))  # a run that never started: nothing
 
 
+def start_where_the_helper_fails(helper, tmp_path):
+    """A run whose start the helper cannot apply, and this process can, a moment later (in CI:
+    another process was creating the same new store). Here the store's folder is a file until
+    the helper has answered."""
+    folder = tmp_path / "store"
+    folder.write_text("not a folder yet")
+    db = folder / "mlflow.db"
+    key = start(helper, f"sqlite:///{db}")
+    while not helper._ready:  # the start goes out once the helper has imported MLflow
+        helper.poll()
+        time.sleep(0.05)
+    assert helper._from_helper.poll(120), "no answer to the start"
+    folder.unlink()
+    helper.send(("metrics", key, rows(1, 3)))  # the start, applied here, then this
+    helper.sync()
+    return key, MlflowClient(f"sqlite:///{db}")
+
+
+@pytest.mark.parametrize("ended_by", ["this process", "the helper"])
+def test_a_run_started_here_when_the_helper_failed_still_ends(ended_by, helper, tmp_path):
+    """Its later messages reach the run, its end included, and the helper adopts it: it ends
+    the run KILLED when this process goes without ending it."""
+    key, client = start_where_the_helper_fails(helper, tmp_path)
+    run_id = helper.run_ids[key]
+    if ended_by == "this process":
+        helper.send(("end", key, "KILLED", "interrupted", None))
+        helper.sync()
+    else:
+        helper.close()
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert steps(client, run_id) == [1, 2, 3]
+    assert run.data.tags["failure_reason"] == (
+        "interrupted" if ended_by == "this process" else ORPHANED
+    )
+
+
 ORPHAN = """
 import os, sys, uuid
 from sweeplab.training.mlflow_helper import Helper

@@ -103,14 +103,19 @@ class Helper:
         elif kind == "adopt":
             self.uris[key], self.run_ids[key] = message[2], message[3]
         with interrupts_deferred():  # a message cut in half would garble the pipe
-            self.sent += 1
-            self._unconfirmed[self.sent] = message
+            self._number(message)
             if self.broken:
                 self._apply_unconfirmed_here()
             else:
-                self._waiting.append((self.sent, pickle.dumps((self.sent, message))))
                 self._exchange(wait_for=None)
         self._tell_started()
+
+    def _number(self, message: tuple) -> None:
+        """Give `message` the next number; queue it for the helper unless it is gone."""
+        self.sent += 1
+        self._unconfirmed[self.sent] = message
+        if not self.broken:
+            self._waiting.append((self.sent, pickle.dumps((self.sent, message))))
 
     def poll(self) -> None:
         """Collect the replies that have come and send what waits, without blocking."""
@@ -203,12 +208,16 @@ class Helper:
             from sweeplab.training.mlflow_store import RunStore
 
             self._local = RunStore()
-        key = message[1]
+        kind, key = message[0], message[1]
         if key in self.run_ids and key not in self._local.runs:  # started by the helper
             self._local.adopt(key, self.uris[key], self.run_ids[key])
+        if kind == "end" and key not in self._local.runs:  # its start failed here too
+            return
         result = self._local.apply(message)
-        if message[0] == "start":
+        if kind == "start":
             self._started(key, result)
+            if not self.broken:  # the helper writes its later messages, and ends it KILLED
+                self._number(("adopt", key, self.uris[key], result))  # if this process dies
 
     @property
     def pid(self) -> int | None:

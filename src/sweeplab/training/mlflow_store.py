@@ -200,9 +200,7 @@ class RunStore:
         traceback_text: str | None,
         end_time: int | None = None,
     ) -> None:
-        if key not in self.runs:  # its start failed: there is nothing to end
-            return
-        client, run_id = self._client(key)
+        client, run_id = self._client(key)  # an unknown run: KeyError (its start failed here)
         if traceback_text:  # an error's text may quote a store's URL
             client.log_text(run_id, without_secrets(traceback_text), "traceback.txt")
         if reason:
