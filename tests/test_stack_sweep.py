@@ -168,8 +168,10 @@ def start_stacked_sweep(mlflow_uri, output, study_name):
         "sweep.stack=4",
         f"sweep.study_name={study_name}",
         "sweep.pruner.name=none",
-        "trainer.epochs=3000",  # seconds: the stack is killed while it trains
-        "data.n_train=1000",  # (a shorter stack could end between two looks at it)
+        # seconds: the stack is killed while it trains (a shorter one could end between two
+        # looks at it); few epochs of more data, as each look replays every epoch's report
+        "trainer.epochs=750",
+        "data.n_train=4000",
     )
     proc, running = sweep_in_background(
         args,
