@@ -78,7 +78,8 @@ def test_native_epochs_are_bit_identical_to_the_python_loop(
     assert float(opt_cc.state[next(net_cc.parameters())]["step"]) == 3 * 7
 
 
-def test_native_loop_takes_over_once_the_state_exists_and_not_with_hooks(built):
+def test_native_loop_takes_over_after_the_first_step_and_not_with_hooks(built):
+    """203 samples in batches of 32: 7 steps an epoch."""
     data = dataset("multiclass")
     torch.manual_seed(0)
     net = TwoLayerNet(data.n_features, 9, data.n_outputs, "sigmoid")
@@ -88,18 +89,37 @@ def test_native_loop_takes_over_once_the_state_exists_and_not_with_hooks(built):
     args = (data.x_train, order, data.y_train, logits, 32)
     optimizer = LeanAdam(net.parameters(), lr=1e-2, fused=True)
     steps = steps_for(net, optimizer, "multiclass", native_loop=True)
+    calls = []
+    handle = optimizer.register_step_post_hook(lambda *_: calls.append(1))
     with torch.no_grad():
         assert not native.train_steps(backprop, optimizer, *args)  # no state until a first step
-        assert not steps.train_epoch(*args)
-        steps(data.x_train[:32], data.y_train[:32], logits[:32])  # torch's step makes the state
-        assert steps.train_epoch(*args)
-        calls = []
+        assert steps.train_epoch(*args) == 32  # torch's first step; the hook: the Python loop
+        assert len(calls) == 1
+        handle.remove()
+        assert steps.train_epoch(*args) == 203  # the state is there: the whole epoch in C++
+        assert len(calls) == 1 and float(optimizer.state[net.hidden.weight]["step"]) == 8
         handle = optimizer.register_step_post_hook(lambda *_: calls.append(1))
         assert not native.train_steps(backprop, optimizer, *args)
+        assert steps.train_epoch(*args) == 0
     generator = torch.Generator().manual_seed(0)
     trainer.train_one_epoch(net, steps, loss_for_task("multiclass"), data, 32, generator)
-    assert len(calls) == 7  # the Python loop ran every step, so the hook saw each one
+    assert len(calls) == 1 + 7  # the Python loop ran every step, so the hook saw each one
     handle.remove()
+
+
+def test_a_fresh_optimizers_first_epoch_is_one_torch_step_then_the_native_loop(built):
+    """And the C++ loop's steps start where torch's left off: the same weights as the Python
+    loop's epoch (the bit-identical test above covers whole runs)."""
+    data = dataset("multiclass")
+    torch.manual_seed(0)
+    net = TwoLayerNet(data.n_features, 9, data.n_outputs, "sigmoid")
+    optimizer = LeanAdam(net.parameters(), lr=1e-2, fused=True)
+    steps = steps_for(net, optimizer, "multiclass", native_loop=True)
+    logits = torch.empty(data.x_train.shape[0], data.n_outputs)
+    args = (data.x_train, torch.arange(data.x_train.shape[0]), data.y_train, logits, 32)
+    with torch.no_grad():
+        assert steps.train_epoch(*args) == 203
+    assert float(optimizer.state[net.hidden.weight]["step"]) == 7
 
 
 def test_what_the_native_loop_does_not_cover_runs_in_python(built):

@@ -132,9 +132,10 @@ def train_one_epoch(
 ) -> tuple[float, float]:
     """One pass over a fresh shuffle of the training set; returns (mean loss, accuracy).
 
-    `steps` makes each batch's step (see `fast`); where it can make the whole epoch at once (the
-    C++ loop), it does and the Python loop below does not run: a line added to the loop must be
-    added to the steps too. `augment` (`augment.image_distortions`) distorts each batch of inputs.
+    `steps` makes each batch's step (see `fast`); where it can make the epoch's steps at once
+    (the C++ loop), it does and the Python loop below makes only the rest, if any: a line added
+    to the loop must be added to the steps too. `augment` (`augment.image_distortions`) distorts
+    each batch of inputs.
     """
     model.train()
     x, y = data.x_train, data.y_train
@@ -144,11 +145,12 @@ def train_one_epoch(
     # every step's logits land in one tensor; the epoch's loss and accuracy come from it at the
     # end, in a few ops over the whole epoch instead of several small ops per step
     logits = torch.empty((n, data.n_outputs), dtype=x.dtype, device=x.device)
-    if not steps.train_epoch(x, order, y_shuffled, logits, batch_size):
+    done = steps.train_epoch(x, order, y_shuffled, logits, batch_size)
+    if done < n:
         # each batch of inputs is gathered into one reused buffer: no allocation per step
         x_buffer = torch.empty((min(batch_size, n), *x.shape[1:]), dtype=x.dtype, device=x.device)
         with torch.set_grad_enabled(steps.needs_grad):
-            for start in range(0, n, batch_size):
+            for start in range(done, n, batch_size):
                 batch = slice(start, start + batch_size)
                 xb = torch.index_select(x, 0, order[batch], out=x_buffer[: len(order[batch])])
                 if augment is not None:

@@ -13,9 +13,10 @@ decides once, when a run starts, how its training steps are made:
 - None: the trainer's plain autograd steps.
 
 Each kind of steps is a callable making one step (`steps(xb, yb, logits_b)`) plus
-`train_epoch(...)`, which makes a whole epoch where it can and returns False where the trainer's
-Python loop must make it (always for ManualSteps; for NativeSteps while an optimizer hook or a
-profiler needs torch's `step`). Anything a step must do on every path goes into all of them.
+`train_epoch(...)`, which makes an epoch's steps where it can and returns how many samples it
+trained on: the trainer's Python loop makes the rest (all of them for ManualSteps; for
+NativeSteps while an optimizer hook or a profiler needs torch's `step`). Anything a step must do
+on every path goes into all of them.
 """
 
 from __future__ import annotations
@@ -50,13 +51,13 @@ class ManualSteps:
         y_shuffled: torch.Tensor,
         logits: torch.Tensor,
         batch_size: int,
-    ) -> bool:
-        return False
+    ) -> int:
+        return 0
 
 
 class NativeSteps(ManualSteps):
-    """ManualSteps whose epochs run in the C++ loop (`native.train_steps`), from the second epoch
-    on: torch's own first step makes the optimizer's state (and tells LR schedulers that the
+    """ManualSteps whose epochs run in the C++ loop (`native.train_steps`), all but the run's
+    first step: torch's own step makes the optimizer's state (and tells LR schedulers that the
     optimizer has stepped)."""
 
     def train_epoch(
@@ -66,10 +67,17 @@ class NativeSteps(ManualSteps):
         y_shuffled: torch.Tensor,
         logits: torch.Tensor,
         batch_size: int,
-    ) -> bool:
-        return native.train_steps(
-            self.backprop, self.optimizer, x, order, y_shuffled, logits, batch_size
-        )
+    ) -> int:
+        args = (self.backprop, self.optimizer, x, order, y_shuffled, logits, batch_size)
+        if native.train_steps(*args):
+            return len(x)
+        if self.optimizer.state:  # a hook or a profiler: the Python loop makes the epoch
+            return 0
+        first = slice(0, batch_size)  # the run's first step, torch's own: then the C++ loop
+        with torch.no_grad():
+            self(x.index_select(0, order[first]), y_shuffled[first], logits[first])
+        done = min(batch_size, len(x))
+        return len(x) if native.train_steps(*args, start=done) else done
 
 
 def fast_steps(

@@ -103,11 +103,12 @@ def train_steps(
     y_shuffled: torch.Tensor,
     logits: torch.Tensor,
     batch_size: int,
+    start: int = 0,
 ) -> bool:
-    """Train on the batches order[0:batch_size], order[batch_size:2*batch_size], ... of one epoch
-    in C++, writing each batch's logits into `logits`; False (nothing done) if this optimizer
-    step or these tensors need the Python loop (no optimizer state, hooks, a profiler, not on
-    the CPU, ...)."""
+    """Train on the batches order[start:start+batch_size], the next batch_size samples, ... to
+    the epoch's end in C++, writing each batch's logits into `logits`; False (nothing done) if
+    this optimizer step or these tensors need the Python loop (no optimizer state, hooks, a
+    profiler, not on the CPU, ...)."""
     kernel = optimizer.fused_step_arguments() if isinstance(optimizer, LeanAdam) else None
     if (
         kernel is None
@@ -126,7 +127,7 @@ def train_steps(
         y_shuffled,
         logits,
         batch_size,
-        0,  # the first batch's offset
+        start,
         TASKS[backprop.task],
         ACTIVATIONS[backprop.activation_name],
         *kernel,
