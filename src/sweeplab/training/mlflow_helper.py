@@ -16,11 +16,11 @@ and a run hands it messages and goes on:
 Nothing is lost: a message stays with the sender until the helper confirms it. A message the
 helper could not apply is applied again here (`mlflow_store.RunStore`, which imports MLflow),
 where the store's own error surfaces; if the helper dies or cannot be started, every
-unconfirmed message is, and later ones go there directly. The helper runs in its own session: Ctrl-C in the terminal reaches the training process only,
-which ends its runs through the helper; if the training process dies without a word, the helper
-ends its open runs KILLED. It imports MLflow at the training process's priority, while that
-process composes the config and imports torch on one core, then nices itself below it before
-training begins.
+unconfirmed message is, and later ones go there directly. The helper runs in its own session:
+Ctrl-C in the terminal reaches the training process only, which ends its runs through the
+helper; if the training process dies without a word, the helper ends its open runs KILLED. It
+imports MLflow at the training process's priority, on the core that process leaves idle while it
+composes the config and imports torch; once training begins (`stay_below`), it runs niced.
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ import sys
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from sweeplab.runtime import interrupts_deferred
 
 # below the training process, yet with a share of a saturated core: at 19 the helper could be
 # starved until training ended, and the runs of a busy machine appeared only when they were done
-HELPER_NICENESS = 10  # (the helper nices itself: mlflow_store.serve)
+HELPER_NICENESS = 10
 
 SILENT_HELPER_LIMIT_S = 300.0  # a helper alive but silent this long while we wait is given up
 STORE_MODULE = "sweeplab.training.mlflow_store"  # what the helper process runs
@@ -65,7 +66,8 @@ class Helper:
         self._local: Any = None  # a RunStore of this process, once it must write here
         self.sent = 0  # messages so far; a message's number
         self.broken = not background
-        self.session_niced = False  # its session niced too (Linux autogroup), once ready
+        self.niced = False  # below this process (`stay_below`)
+        self.session_niced = False  # its session too (Linux autogroup, where allowed)
         if not self.broken:
             self._start_process()
 
@@ -73,10 +75,8 @@ class Helper:
         to_helper_r, to_helper_w = os.pipe()
         from_helper_r, from_helper_w = os.pipe()
         try:
-            niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + HELPER_NICENESS)
             self._process = subprocess.Popen(
-                [sys.executable, "-m", STORE_MODULE]
-                + [str(to_helper_r), str(from_helper_w), str(niceness)],
+                [sys.executable, "-m", STORE_MODULE, str(to_helper_r), str(from_helper_w)],
                 pass_fds=(to_helper_r, from_helper_w),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -183,7 +183,7 @@ class Helper:
 
     def _on_reply(self, reply: tuple) -> None:
         if reply[0] == "ready":
-            self._ready, self.session_niced = True, reply[1]
+            self._ready = True
             return
         kind, number, result = reply
         self._bytes_in_flight -= self._in_flight.pop(number)
@@ -219,6 +219,17 @@ class Helper:
             if not self.broken:  # the helper writes its later messages, and ends it KILLED
                 self._number(("adopt", key, self.uris[key], result))  # if this process dies
 
+    def stay_below(self) -> None:
+        """Nice the helper (and its session, where the kernel lets us) below this process, once
+        training begins: from then on it takes only a share of a core that training needs."""
+        if self.niced or self.broken:
+            return
+        self.niced = True
+        niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + HELPER_NICENESS)
+        with contextlib.suppress(ProcessLookupError):  # gone: the next exchange finds out
+            os.setpriority(os.PRIO_PROCESS, self._process.pid, niceness)
+            self.session_niced = _nice_session(self._process.pid, niceness)
+
     @property
     def pid(self) -> int | None:
         """The helper process's id; None when this process writes itself."""
@@ -236,6 +247,17 @@ class Helper:
         except subprocess.TimeoutExpired:
             self._process.kill()
         self._from_helper.close()
+
+
+def _nice_session(pid: int, niceness: int) -> bool:
+    """Where the kernel groups CPU time by session (Linux's autogroup), a process's own niceness
+    counts only inside its session: the helper, in a session of its own, would take a core's
+    share from training. Its session gets the same niceness, where the kernel lets it."""
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
+    except OSError:  # no autogroup, not permitted, or the kernel's rate limit on changes
+        return False
+    return True
 
 
 def shared_helper(background: bool = True) -> Helper:

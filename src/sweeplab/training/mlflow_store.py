@@ -10,7 +10,7 @@ that does it while training goes on.
                                                       # traceback, end time (None = now)
 
 The training process never imports this module: it sends the messages through
-`mlflow_helper.Helper` to `python -m sweeplab.training.mlflow_store READ_FD WRITE_FD NICENESS`, this
+`mlflow_helper.Helper` to `python -m sweeplab.training.mlflow_store READ_FD WRITE_FD`, this
 module's `serve`, which applies them in order and confirms each. Only where the helper cannot
 write does the training process apply them itself, with a RunStore of its own. When the training
 process goes away without ending its runs (kill -9, the OOM killer), `serve` ends them KILLED.
@@ -115,7 +115,8 @@ def _store_lock(uri: str) -> Iterator[None]:
 class RunStore:
     """Applies a training process's messages to MLflow; knows its runs by the sender's keys."""
 
-    def __init__(self) -> None:
+    def __init__(self, forked_pictures: bool = False) -> None:
+        self.forked_pictures = forked_pictures  # a fork draws half of them (in the helper)
         self.runs: dict[str, tuple[str, str]] = {}  # key -> (uri, run id)
         self.open: set[str] = set()  # keys of runs started and not ended
         self.monitors: dict[str, SystemMetricsMonitor] = {}  # key -> its system metrics' thread
@@ -187,7 +188,7 @@ class RunStore:
             for name, content in files.items():
                 (folder / name).write_bytes(content)
             if pictures is not None:
-                plots.draw_run_pictures(pictures, folder)
+                plots.draw_run_pictures(pictures, folder, self.forked_pictures)
                 mark_phase("helper: pictures drawn")
             if any(folder.iterdir()):
                 client.log_artifacts(run_id, str(folder))
@@ -324,32 +325,18 @@ def log_metrics_bulk(client: MlflowClient, run_id: str, rows: list[tuple]) -> bo
     return True
 
 
-def lower_priority(niceness: int) -> bool:
-    """This process `niceness` below the training process; True where its session is niced
-    too. Where the kernel groups CPU time by session (Linux's autogroup), a process's own
-    niceness counts only inside its session: the helper, in a session of its own, would take a
-    core's share from training."""
-    os.setpriority(os.PRIO_PROCESS, 0, niceness)
-    try:
-        Path("/proc/self/autogroup").write_text(str(niceness))
-    except OSError:  # no autogroup, not permitted, or the kernel's rate limit on changes
-        return False
-    return True
-
-
 def failure(err: BaseException) -> str:
     """An error in one line, as a failure reason."""
     return f"{type(err).__name__}: {err}"
 
 
-def serve(requests: Connection, replies: Connection, niceness: int) -> None:
-    """The helper: once `niceness` below the training process, apply each message, in order,
-    and answer ("done", number, result) or ("failed", number, reason); end the runs left open
-    when the training process goes."""
-    mark_phase("helper: MLflow imported")
+def serve(requests: Connection, replies: Connection) -> None:
+    """The helper: apply each message, in order, and answer ("done", number, result) or
+    ("failed", number, reason); end the runs left open when the training process goes."""
+    mark_phase("helper: MLflow imported")  # niced once training began (Helper.stay_below)
     gc.freeze()  # MLflow's objects are long-lived; full collections over them slowed writes
-    store = RunStore()
-    replies.send(("ready", lower_priority(niceness)))
+    store = RunStore(forked_pictures=True)  # (the training process forks nothing)
+    replies.send(("ready",))
     matplotlib_loaded = False
     while True:
         if not matplotlib_loaded and store.runs and not requests.poll(0):
@@ -378,7 +365,6 @@ if __name__ == "__main__":
     serve(
         Connection(int(sys.argv[1]), writable=False),
         Connection(int(sys.argv[2]), readable=False),
-        int(sys.argv[3]),
     )
     sys.stderr.flush()
     os._exit(0)  # the training process waits for this exit: skip tearing MLflow and matplotlib down

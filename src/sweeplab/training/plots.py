@@ -16,6 +16,8 @@ helper process draws them while the training process goes on.
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +28,28 @@ from sweeplab.figures import pyplot
 DPI = 100
 
 
-def draw_run_pictures(pictures: dict[str, Any], folder: Path) -> list[Path]:
-    """Write every picture the data allows into `folder`; return their paths."""
-    written = [draw_learning_curves(pictures["history"], folder / "learning_curves.png")]
+def draw_run_pictures(pictures: dict[str, Any], folder: Path, forked: bool = False) -> list[Path]:
+    """Write every picture the data allows into `folder`; return their paths. With `forked`, a
+    forked process draws every other picture meanwhile (matplotlib draws on one core)."""
+    jobs = [(draw_learning_curves, pictures["history"], "learning_curves.png")]
     if (plane := pictures.get("plane")) is not None:
         if plane["probability"] is not None:
-            written.append(draw_decision_region(plane, folder / "decision_region.png"))
-        written.append(draw_hidden_units(plane, folder / "hidden_units.png"))
+            jobs.append((draw_decision_region, plane, "decision_region.png"))
+        jobs.append((draw_hidden_units, plane, "hidden_units.png"))
     if (classes := pictures.get("classes")) is not None:
-        written.append(draw_confusion_matrix(classes, folder / "confusion_matrix.png"))
+        jobs.append((draw_confusion_matrix, classes, "confusion_matrix.png"))
     if (images := pictures.get("images")) is not None:
-        written.append(draw_first_layer_weights(images, folder / "first_layer_weights.png"))
-        written.append(draw_misclassified(images, folder / "misclassified.png"))
+        jobs.append((draw_first_layer_weights, images, "first_layer_weights.png"))
+        jobs.append((draw_misclassified, images, "misclassified.png"))
     if (distortions := pictures.get("distortions")) is not None:
-        written.append(draw_distortions(distortions, folder / "distorted_images.png"))
-    return written
+        jobs.append((draw_distortions, distortions, "distorted_images.png"))
+    if not forked or len(jobs) < 2:
+        return [draw(data, folder / name) for draw, data, name in jobs]
+    # a fork starts at once with matplotlib imported; its share goes to it pickled
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        theirs = [pool.submit(draw, data, folder / name) for draw, data, name in jobs[1::2]]
+        mine = [draw(data, folder / name) for draw, data, name in jobs[::2]]
+        return mine + [future.result() for future in theirs]
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -145,6 +145,7 @@ class TrackedRun(Callback):
             helper.on_started[run.key] = on_started
         helper.send(("start", run.key, run_spec(cfg, parent_run_id, tags)))
         run.start_message = helper.sent
+        helper.stay_below()  # training begins: the helper takes only a share of a core from now
         return run
 
     def wait_started(self) -> str:
