@@ -114,8 +114,8 @@ class AutogradSteps:
         self.optimizer_step()
         logits_b.copy_(out.detach())
 
-    def train_epoch(self, *batches: object) -> bool:
-        return False  # every step goes through the loop below
+    def train_epoch(self, *batches: object) -> int:
+        return 0  # every step goes through the loop below
 
 
 Steps = AutogradSteps | ManualSteps
