@@ -12,8 +12,8 @@ from mlflow.tracking import MlflowClient
 from sweeplab.provenance import git_commit
 from sweeplab.stores import ui_link
 from sweeplab.training.mlflow_helper import shared_helper
-from sweeplab.training.mlflow_store import as_logged
-from sweeplab.training.tracking import param_text, train_and_track
+from sweeplab.training.mlflow_store import as_logged, connect
+from sweeplab.training.tracking import param_text, run_params, train_and_track
 from sweeplab.training.trainer import Callback, DivergenceError
 
 
@@ -172,6 +172,41 @@ def test_default_store_is_under_the_output_folder(make_config, _isolated_output)
     artifact_uri = client.get_run(run_id).info.artifact_uri
     assert artifact_uri.startswith((_isolated_output / "mlartifacts").as_uri())
     assert "config.yaml" in artifact_names(client, run_id)
+
+
+def test_params_leave_out_how_a_run_is_carried_out_and_keys_that_change_nothing(make_config):
+    synthetic = run_params(make_config())
+    assert {"model.d_hidden", "optimizer.lr", "trainer.batch_size", "seed"} <= synthetic.keys()
+    mechanics = ("tracking.", "trainer.progress", "trainer.num_threads", "trainer.eval_batch_size")
+    assert not [key for key in synthetic if key.startswith(mechanics)]
+    # the step schedule's knobs and every distortion change nothing on 2-D points
+    idle = {"trainer.step_size", "trainer.gamma", "trainer.shift_pixels", "trainer.elastic_sigma"}
+    assert not idle & synthetic.keys()
+    stepped = run_params(make_config("trainer.lr_schedule=step"))
+    assert {"trainer.step_size", "trainer.gamma"} <= stepped.keys()
+    images = run_params(
+        make_config("data=idx", "data.root=digits", "trainer.elastic_alpha=0", tiny=False)
+    )
+    assert {"trainer.shift_pixels", "trainer.elastic_alpha"} <= images.keys()
+    assert "trainer.elastic_sigma" not in images  # the elastic distortion is off
+    alpha = make_config("data=idx", "data.root=digits", "trainer.elastic_alpha=8", tiny=False)
+    assert "trainer.elastic_sigma" in run_params(alpha)
+    named = run_params(make_config("tracking.params=[model.d_hidden,trainer.progress]"))
+    assert named.keys() == {"model.d_hidden", "trainer.progress"}  # what the user asked for
+
+
+def test_a_new_sqlite_stores_default_experiment_keeps_its_artifacts_beside_it(
+    tmp_path, monkeypatch
+):
+    elsewhere = tmp_path / "working"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # MLflow's client would put them in ./mlruns here
+    store = tmp_path / "store"
+    store.mkdir()
+    client, _ = connect(f"sqlite:///{store / 'mlflow.db'}", "exp", str(store))
+    default = client.get_experiment("0")
+    assert default.artifact_location == (store / "mlartifacts" / "0").as_uri()
+    assert not (elsewhere / "mlruns").exists()
 
 
 def test_image_dataset_run_logs_the_mnist_pictures(make_config, mlflow_uri, tmp_path):

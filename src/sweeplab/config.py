@@ -753,6 +753,20 @@ def to_yaml(cfg: Config) -> str:
     return without_secrets(yaml.dump(asdict(cfg), Dumper=YAML_DUMPER, sort_keys=False))
 
 
+def idle_keys(cfg: Config) -> set[str]:
+    """The config keys whose value changes nothing in this run: a step schedule's knobs under
+    another schedule, the distortions of data without images, the elastic distortion's width
+    without it."""
+    idle = set()
+    if cfg.trainer.lr_schedule != "step":
+        idle |= {"trainer.step_size", "trainer.gamma"}
+    if not cfg.data.has_images:
+        idle |= {f"trainer.{key}" for key, _, _ in DISTORTIONS}
+    if not cfg.data.has_images or cfg.trainer.elastic_alpha == 0:
+        idle.add("trainer.elastic_sigma")
+    return idle
+
+
 def to_flat_dict(cfg: Config) -> dict[str, Any]:
     """The config as `{"model.d_hidden": 4, ...}`, the form MLflow params take; passwords in
     its URLs masked."""

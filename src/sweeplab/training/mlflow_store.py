@@ -81,6 +81,7 @@ def connect(uri: str, experiment: str, output: str) -> tuple[MlflowClient, str]:
     """A client for `uri` and the id of `experiment` (created if new, its artifacts under the
     `output` folder where the store does not say). Done once per process."""
     with _store_lock(uri):  # processes creating a new SQLite store at once would race
+        _create_sqlite_store(uri)
         client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)
         if found is not None:
@@ -93,6 +94,16 @@ def connect(uri: str, experiment: str, output: str) -> tuple[MlflowClient, str]:
             if found is None:
                 raise
             return client, found.experiment_id
+
+
+def _create_sqlite_store(uri: str) -> None:
+    """A new SQLite store's tables, its "Default" experiment's artifacts beside it, where
+    `make ui` puts them (MLflow's client would put them in ./mlruns wherever it runs)."""
+    db = Path(uri.removeprefix("sqlite:///"))
+    if not uri.startswith("sqlite:///") or db.exists():
+        return
+    with contextlib.suppress(Exception):  # another client created it meanwhile: it is there
+        SqlAlchemyStore(uri, (db.parent / "mlartifacts").as_uri()).engine.dispose()
 
 
 @contextlib.contextmanager

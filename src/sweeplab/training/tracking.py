@@ -32,6 +32,7 @@ from sweeplab.config import (
     DISTORTIONS,
     Config,
     TrainerConfig,
+    idle_keys,
     output_dir,
     store_uri,
     to_flat_dict,
@@ -54,8 +55,20 @@ WRITE_EVERY_S = 1.0  # or writes them itself (each call costs milliseconds on SQ
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests child runs by
 RUN_NAME_TAG = "mlflow.runName"  # set as a tag, it renames the run
 NOTE_TAG = "mlflow.note.content"  # the run's description on its page in the UI
-# the run's name and tags say them; which params a run logs is no param
-NOT_PARAMS = ("tracking.run_name", "tracking.tags", "tracking.params")
+# how a run is carried out and recorded, not what it learns: no param (they would only crowd
+# the UI's column list), but in the run's config.yaml
+NOT_PARAMS = (
+    "tracking.",
+    "trainer.progress",
+    "trainer.eval_batch_size",
+    "trainer.num_threads",
+    "trainer.native",
+    "trainer.backward",
+    "trainer.checkpoint_every",
+    "trainer.divergence_ratio",
+    "data.mirrors",
+    "data.download",
+)
 GRID = 100  # points per axis of the plane pictures
 MAX_HIDDEN_SHOWN = 16  # hidden units drawn over the plane
 MAX_WEIGHTS_SHOWN = 100  # hidden units whose input weights are drawn as images
@@ -76,12 +89,13 @@ def default_run_name(cfg: Config) -> str:
 
 
 def run_params(cfg: Config) -> dict[str, Any]:
-    """The config keys a run logs as params: `tracking.params`, else all but its name and tags
-    (the compare view plots what differs between runs)."""
+    """The config keys a run logs as params: `tracking.params`, else all but `NOT_PARAMS` and
+    those that change nothing in this run (the compare view plots what differs between runs)."""
     flat = to_flat_dict(cfg)
     keys = cfg.tracking.params
     if keys is None:
-        keys = [k for k in flat if k != "sweep" and not k.startswith(NOT_PARAMS)]
+        idle = idle_keys(cfg)
+        keys = [k for k in flat if k != "sweep" and not k.startswith(NOT_PARAMS) and k not in idle]
     return {key: flat[key] for key in keys if key in flat}
 
 
