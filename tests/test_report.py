@@ -116,7 +116,7 @@ def test_report_from_tiny_runs(tiny_runs, tmp_path):
     assert "sweeplab (the study)" in readme
     assert re.search(r"\| `optimizer` \| (adam|sgd|rmsprop) \|", readme)  # best params table
     assert run.data.tags["mlflow.source.git.commit"][:12] in readme  # provenance
-    assert run.data.tags["sweeplab.versions"] in readme
+    assert f"torch {run.data.tags['version.torch']}, optuna " in readme
     names = {
         "learning_curves.png",
         "decision_region.png",

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from sweeplab.config import PROJECT_ROOT
 
+VERSION_TAG = "version."  # a run's tag per library: version.torch=2.13.0
+
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
@@ -69,11 +71,23 @@ def environment_tags() -> dict[str, str]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    versions = [f"python {platform.python_version()}"]
+    tags = {
+        "sweeplab.machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()}",
+        # a tag each: the UI's run overview cuts a long tag, and one list read "torch 2.1..."
+        f"{VERSION_TAG}python": platform.python_version(),
+    }
     for package in ("torch", "optuna", "mlflow", "hydra-core", "numpy"):
         with contextlib.suppress(PackageNotFoundError):
-            versions.append(f"{package} {version(package)}")
-    return {
-        "sweeplab.machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()}",
-        "sweeplab.versions": ", ".join(versions),
-    }
+            tags[f"{VERSION_TAG}{package}"] = version(package)
+    return tags
+
+
+def versions_text(tags: dict[str, str]) -> str:
+    """ "python 3.12.3, torch 2.13.0, ..." from a run's `version.*` tags (or, before they were
+    split, its `sweeplab.versions` tag)."""
+    if "sweeplab.versions" in tags:
+        return tags["sweeplab.versions"]
+    named = [
+        f"{k.removeprefix(VERSION_TAG)} {v}" for k, v in tags.items() if k.startswith(VERSION_TAG)
+    ]
+    return ", ".join(named) or "not recorded"

@@ -42,7 +42,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeplab.config import DISTORTIONS, PROJECT_ROOT, TrackingConfig, store_uri
 from sweeplab.figures import pyplot
-from sweeplab.provenance import environment_tags, git_commit
+from sweeplab.provenance import environment_tags, git_commit, versions_text
 
 REPORTS_DIR = PROJECT_ROOT / "reports"
 SECTION_KINDS = ("run", "grid", "sweep", "references")
@@ -386,9 +386,7 @@ def section_sweep(page: Page, spec: dict[str, Any]) -> None:
     parent, trials = store.latest_study(spec["experiment"])
     page.runs.append(parent)
     tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
-    # sweep.objective is resolved since issue 17; older parents: `objective`, sweep.objective None
-    named = [params.get("sweep.objective"), params.get("objective")]
-    objective = next((name for name in named if name not in (None, "None")), "val/acc")
+    objective, _ = study_objective(params)
     counts = {  # the study logs a count only for the states its trials are in
         state: int(metrics.get(f"trials/{state}", 0)) for state in ("complete", "pruned", "fail")
     }
@@ -446,7 +444,7 @@ def first_reached(
 ) -> list[list[str]]:
     """A row per mark: when (since the sweep started), in which trial and at which epoch
     `objective` first reached it, by the epochs' own timestamps (taken as they ended)."""
-    maximize = parent.data.params.get("sweep.direction", "maximize") == "maximize"
+    maximize = study_objective(parent.data.params)[1] == "maximize"
     epochs = [
         (metric, run.data.tags.get("optuna.trial"))
         for run in (trials if marks else [])
@@ -564,6 +562,7 @@ def progress_figure(
 def sweep_settings(parent: Run, objective: str) -> list[list[str]]:
     """The settings table of a sweep's report, from its parent run."""
     params = parent.data.params
+    timeout = params.get("sweep.timeout", "None")  # unset since issue 17
     return [
         ["study", f"`{parent.data.tags.get('optuna.study')}`"],
         ["command line overrides", f"`{params.get('overrides', '')}`"],
@@ -572,10 +571,23 @@ def sweep_settings(parent: Run, objective: str) -> list[list[str]]:
         ["workers", params.get("sweep.workers", "-")],
         [
             "budget",
-            f"{params.get('sweep.n_trials')} trials, timeout {params.get('sweep.timeout')} s",
+            f"{params.get('sweep.n_trials')} trials"
+            + ("" if timeout == "None" else f", timeout {timeout} s"),
         ],
-        ["objective", f"{objective} ({params.get('sweep.direction')})"],
+        ["objective", f"{objective} ({study_objective(params)[1]})"],
     ]
+
+
+def study_objective(params: dict[str, str]) -> tuple[str, str]:
+    """The metric a sweep's run optimised first, and its direction: `sweep.objective` and
+    `sweep.direction`, or the first of `sweep.objectives` ("val/acc:maximize size:minimize");
+    parents before issue 17 logged `objective`, or `sweep.objective` None for val/acc."""
+    if "sweep.objectives" in params and ":" in params["sweep.objectives"]:
+        metric, direction = params["sweep.objectives"].split()[0].rsplit(":", 1)
+        return metric, direction
+    named = [params.get("sweep.objective"), params.get("objective")]
+    metric = next((name for name in named if name not in (None, "None")), "val/acc")
+    return metric, params.get("sweep.direction", "maximize")
 
 
 def searched_space(params: dict[str, str]) -> dict[str, str]:
@@ -682,7 +694,7 @@ def provenance(page: Page) -> str:
                 ),
                 f"`{trial_tags.get('mlflow.source.git.commit', 'not recorded')}`",
                 trial_tags.get("sweeplab.machine", "not recorded"),
-                trial_tags.get("sweeplab.versions", "not recorded"),
+                versions_text(trial_tags),
             ]
         )
     lines.append(table(["MLflow run", "started", "commit", "machine", "versions"], rows))
