@@ -73,3 +73,14 @@ def test_regression_has_k_dim_targets():
     assert ds.task == "regression" and ds.n_outputs == 3
     assert ds.y_train.shape == (200, 3) and ds.y_test.shape == (30, 3)
     assert ds.y_train.dtype == torch.float32
+
+
+def test_chance_accuracy_is_the_majority_class_share_of_the_validation_set():
+    ds = load_dataset(SyntheticDataConfig(n_train=100, n_val=500, n_test=10))
+    # the quadrilateral covers about 36 %: answering "outside" everywhere scores the most
+    outside = int((ds.y_val == 0).sum()) / 500
+    assert ds.chance_accuracy() == outside > 0.5
+    assert (
+        load_dataset(RegressionDataConfig(n_train=50, n_val=20, n_test=10)).chance_accuracy()
+        is None
+    )

@@ -47,6 +47,10 @@ from sweeplab.sweep.space import (
     to_overrides,
 )
 from sweeplab.training.stack.trainer import STACKABLE
+from sweeplab.training.trainer import TrainResult
+
+# on a trial that did no better than always answering the most common class: that class's share
+AT_CHANCE = "val/acc_chance"
 
 
 @dataclass
@@ -75,13 +79,19 @@ class SweepPlan:
         """The metric Optuna optimises (the first, with several objectives)."""
         return self.objectives[0][0]
 
-    def record_result(self, trial: optuna.Trial, metrics: dict[str, float]) -> None:
+    def record_result(self, trial: optuna.Trial, result: TrainResult) -> None:
         """What a completed trial keeps in Optuna beside its value: its test accuracy and loss,
-        the metrics `sweep.constraints` bound, and by how much it breaks each of them (Optuna's
-        best trial and samplers take the feasible ones, where every value is <= 0)."""
+        whether it did no better than chance, the metrics `sweep.constraints` bound, and by how
+        much it breaks each of them (Optuna's best trial and samplers take the feasible ones,
+        where every value is <= 0)."""
+        metrics = result.metrics
         bound = [c.metric for c in self.constraints]
         for key in dict.fromkeys(["test/acc", "test/loss", *bound]):
             trial.set_user_attr(key, metrics.get(key))
+        chance = result.dataset.chance_accuracy() if result.dataset else None
+        # (val/acc comes back through float32: 0.59 reads 0.58999997, 0.726 may read 0.72600001)
+        if chance is not None and metrics.get("val/acc", math.inf) <= chance + 1e-6:
+            trial.set_user_attr(AT_CHANCE, chance)
         for c in self.constraints:
             value = metrics.get(c.metric)
             trial.set_constraint(str(c), math.inf if value is None else c.violation(value))
@@ -266,20 +276,24 @@ COMMON_OPTIMIZER_KEYS = [f"optimizer.{f.name}" for f in fields(OptimizerConfig) 
 
 def trial_param_keys(space: SearchSpace, flat: dict[str, Any]) -> list[str]:
     """The params a trial logs: what its sweep searches (a config group by its option,
-    `optimizer.name`) and the optimizer keys every optimizer has; the constants are on the
-    sweep's run, so the compare view offers only what differs."""
+    `optimizer.name`) and, when the optimizer is searched, the keys every optimizer has, so
+    that their columns line up; the constants are on the sweep's run, so the compare view
+    offers only what differs."""
     searched = [key if key in flat else f"{key}.name" for key in space.distributions]
-    return list(dict.fromkeys([*searched, *COMMON_OPTIMIZER_KEYS]))
+    common = COMMON_OPTIMIZER_KEYS if "optimizer.name" in searched else []
+    return list(dict.fromkeys([*searched, *common]))
 
 
-def trial_run_name(study: str, number: int, state: TrialState, last_epoch: int | None) -> str:
+def trial_run_name(
+    study: str, number: int, state: TrialState, last_epoch: int | None, at_chance: bool = False
+) -> str:
     """A trial's MLflow run name, which says how it ended: "mnist-trial-7",
-    "mnist-trial-7 (pruned at epoch 3)", "mnist-trial-7 (failed)"."""
+    "mnist-trial-7 (pruned at epoch 3)", "mnist-trial-7 (failed)", "mnist-trial-7 (no better than chance)"."""
     name = f"{study}-trial-{number}"
     if state == TrialState.PRUNED:
         return f"{name} (pruned at epoch {last_epoch})" if last_epoch else f"{name} (pruned)"
     if state == TrialState.COMPLETE:
-        return name
+        return f"{name} (no better than chance)" if at_chance else name
     return f"{name} ({_ended(state)})"
 
 
@@ -290,11 +304,21 @@ def _ended(state: TrialState) -> str:
 
 
 def trial_note(
-    plan: SweepPlan, number: int, state: TrialState, last_epoch: int | None, value: float | None
+    plan: SweepPlan,
+    number: int,
+    state: TrialState,
+    last_epoch: int | None,
+    value: float | None,
+    chance: float | None = None,
 ) -> str:
     """A trial's MLflow run description: how it ended, and where its study's run is."""
     epochs = f" after {last_epoch} epochs" if last_epoch else ""
     result = f": {plan.objective}={value:.4g}" if value is not None else ""
+    if chance is not None:
+        result += (
+            f". Its val/acc is no better than always answering the most common class"
+            f" ({chance:.4g} of the validation set): it learned nothing"
+        )
     return (
         f"Trial {number} of the Optuna study `{plan.study_name}`, {_ended(state)}{epochs}"
         f"{result}. Its parent run `sweep-{plan.study_name}` holds the study's plots, "

@@ -225,7 +225,7 @@ def _finish(entry: Claimed, run: TrackedRun, outcome: Outcome, context: Context)
         return
     run.log_result(outcome.result, entry.configs[0])
     run.end("FINISHED", wait=False)
-    context.plan.record_result(entry.trial, outcome.result.metrics)
+    context.plan.record_result(entry.trial, outcome.result)
     for key in (f"{objective}_std", "test/acc_std"):  # with repeats
         if key in outcome.result.metrics:
             entry.trial.set_user_attr(key, outcome.result.metrics[key])

@@ -30,7 +30,14 @@ from sweeplab.phases import mark_phase
 from sweeplab.runtime import INTERRUPTED, stopping
 from sweeplab.sweep import stacking
 from sweeplab.sweep.front import FrontGuard, front_guard
-from sweeplab.sweep.plan import SweepPlan, compose_trial, compose_trials, trial_note, trial_run_name
+from sweeplab.sweep.plan import (
+    AT_CHANCE,
+    SweepPlan,
+    compose_trial,
+    compose_trials,
+    trial_note,
+    trial_run_name,
+)
 from sweeplab.sweep.results import failed_before_training
 from sweeplab.sweep.space import describe, extremes, suggest, to_overrides
 from sweeplab.sweep.stopping import plateau
@@ -236,7 +243,7 @@ class Worker:
         try:
             result, _ = self._train(trial, cfg, values, resume)
             value = self.plan.told(result.metrics)
-            self.plan.record_result(trial, result.metrics)
+            self.plan.record_result(trial, result)
         except KeyboardInterrupt:  # Optuna fails the trial: its run says so, as after_trial would
             self._stopped_by_interrupt(trial)
             raise  # (its checkpoint stays, for its retry: stopped, it did not end)
@@ -320,7 +327,10 @@ class Worker:
         """Tag the trial's MLflow run with its state, log the parent's best-so-far, print a line
         (the MLflow writes go through the helper)."""
         last = trial.values[0] if trial.values else trial.intermediate_values.get(trial.last_step)
-        self._tag_state(trial.number, trial.state, trial.last_step, last, feasibility(trial))
+        chance = trial.user_attrs.get(AT_CHANCE)
+        self._tag_state(
+            trial.number, trial.state, trial.last_step, last, feasibility(trial), chance
+        )
         best = best_or_none(study)
         if trial.state == TrialState.COMPLETE and best is not None:
             now = int(time.time() * 1000)
@@ -358,6 +368,7 @@ class Worker:
         last_epoch: int | None = None,
         value: float | None = None,
         more_tags: dict[str, str] | None = None,
+        chance: float | None = None,
     ) -> None:
         """The trial's state on its MLflow run, where the UI's runs table shows it without a
         column added: in its name ("synthetic-trial-5 (pruned at epoch 88)") and description,
@@ -366,9 +377,11 @@ class Worker:
         if key not in self.helper.uris:  # its run was not started (a trial can fail before)
             return
         tags = {"optuna.trial_state": state.name, **(more_tags or {})}
-        tags[NOTE_TAG] = trial_note(self.plan, number, state, last_epoch, value)
+        tags[NOTE_TAG] = trial_note(self.plan, number, state, last_epoch, value, chance)
         if self.plan.tracking.run_name is None:
-            tags[RUN_NAME_TAG] = trial_run_name(self.plan.study_name, number, state, last_epoch)
+            tags[RUN_NAME_TAG] = trial_run_name(
+                self.plan.study_name, number, state, last_epoch, chance is not None
+            )
         self.helper.send(("tags", key, tags))
         if last_epoch is not None:
             now = int(time.time() * 1000)

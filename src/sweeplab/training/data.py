@@ -56,6 +56,14 @@ class Dataset:
     def n_features(self) -> int:
         return self.x_train.shape[1]
 
+    def chance_accuracy(self) -> float | None:
+        """The validation accuracy of always answering the most common class (None for
+        regression): a network at this level has learned nothing."""
+        if self.task == "regression":
+            return None
+        labels = self.y_val.flatten().long()
+        return labels.bincount().max().item() / len(labels)
+
     def to(self, device: torch.device) -> Dataset:
         """A copy on `device` (the trainer moves data once, then only slices it)."""
         moved = {
