@@ -85,6 +85,9 @@ def test_every_shipped_sweep_plans(name):
 )
 def test_a_trials_run_name_says_how_it_ended(state, last_epoch, name):
     assert trial_run_name("mnist", 7, state, last_epoch) == name
+    assert trial_run_name("mnist", 7, state, last_epoch, at_chance=True) == (
+        "mnist-trial-7 (no better than chance)" if state == TrialState.COMPLETE else name
+    )
 
 
 def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri, monkeypatch):
@@ -119,6 +122,9 @@ def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri, monkeypa
     )
     assert parent.data.params["sweep.storage"] == plan.storage  # resolved: the journal file
     assert not {"storage", "sweep.n_jobs", "optimized_metric"} & set(parent.data.params)
+    # neither settings left unset nor how runs are carried out crowd the UI's column list
+    assert not {"sweep.timeout", "sweep.objectives", "sweep.study_name"} & set(parent.data.params)
+    assert not any(k.startswith(("tracking.", "trainer.progress")) for k in parent.data.params)
     assert parent.data.tags["best_trial_value"] == f"{study.best_value:.6g}"
     assert "best_value" not in parent.data.tags
     assert parent.data.tags["mlflow.note.content"].startswith(
@@ -126,6 +132,7 @@ def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri, monkeypa
     )
     runs = children(mlflow_uri, summary.parent_run_id)
     assert len(runs) == 5
+    chance = load_dataset(plan.example.data).chance_accuracy()
     by_trial = {int(r.data.tags["optuna.trial"]): r for r in runs}
     for trial in study.trials:
         run = by_trial[trial.number]
@@ -145,6 +152,12 @@ def test_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri, monkeypa
             "trainer.batch_size",
         }
         assert run.data.metrics["epochs_run"] == trial.last_step
+        # a network that learned nothing says so: val/acc of always answering the majority class
+        at_chance = trial.state == TrialState.COMPLETE and trial.value <= chance
+        assert run.info.run_name.endswith(" (no better than chance)") == at_chance, (
+            run.info.run_name
+        )
+        assert ("it learned nothing" in run.data.tags["mlflow.note.content"]) == at_chance
         assert (
             f"Trial {trial.number} of the Optuna study `e2e`"
             in run.data.tags["mlflow.note.content"]
@@ -209,7 +222,10 @@ def test_best_config_reruns_with_train(mlflow_uri, _isolated_output):
     )
     assert done.returncode == 0, done.stderr
     [run_id] = re.findall(r"http://127\.0\.0\.1:5000/#/runs/([0-9a-f]{32})", done.stdout)
-    tags = MlflowClient(mlflow_uri).get_run(run_id).data.tags
+    client = MlflowClient(mlflow_uri)
+    tags = client.get_run(run_id).data.tags
+    logged = {a.path for a in client.list_artifacts(run_id)}
+    assert {"learning_curves.png", "decision_region.png", "model_state_dict.pt"} <= logged
     best_trial = str(load(plan).best_trial.number)
     assert (tags["optuna.study"], tags["optuna.trial"], tags["sweeplab.role"]) == (
         "best",

@@ -26,14 +26,18 @@ TIMEOUT_S = 10  # to connect to a store's server
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves the local store
 
 
-def ui_link(uri: str, run_id: str | None, experiment_id: str | None = None) -> str:
+def ui_link(
+    uri: str, run_id: str | None, experiment_id: str | None = None, view: str | None = None
+) -> str:
     """A run's page in the MLflow UI, or with no run its experiment's runs table (in the UI's
-    "Model training" view: MLflow 3 opens an experiment in its GenAI view, with no runs), on the
-    tracking server `uri` itself or where `make ui` serves a local store."""
+    "Model training" view: MLflow 3 opens an experiment in its GenAI view, with no runs) as
+    its saved `view` shows it, on the tracking server `uri` itself or where `make ui` serves a
+    local store."""
     served = uri.startswith(("http://", "https://"))
     base = _without_user(uri).rstrip("/") if served else LOCAL_UI
     if run_id is None:
-        return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        shown = f"&viewStateShareKey={view}" if view else ""
+        return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning{shown}"
     page = f"experiments/{experiment_id}/runs/{run_id}" if experiment_id else f"runs/{run_id}"
     return f"{base}/#/{page}"
 

@@ -23,7 +23,7 @@ from sweeplab.config import CONF_DIR, ConfigError, store_uri
 from sweeplab.phases import mark_phase
 from sweeplab.stores import check_reachable, ui_link
 from sweeplab.sweep.plan import SweepPlan, plan_sweep
-from sweeplab.sweep.results import SweepSummary
+from sweeplab.sweep.results import SweepSummary, runs_view
 from sweeplab.sweep.run import run_sweep, worker_index
 from sweeplab.sweep.space import describe
 from sweeplab.sweep.worker import MACHINE_FAILED, TOO_MANY_FAILED
@@ -44,7 +44,8 @@ def print_summary(summary: SweepSummary, plan: SweepPlan) -> None:
     if summary.parent_run_id is not None:
         link = ui_link(uri, summary.parent_run_id, summary.experiment_id)
         print(f"the sweep in MLflow: {link}  (`make ui` serves a local store)")
-        print(f"its runs table:      {ui_link(uri, None, summary.experiment_id)}")
+        table = ui_link(uri, None, summary.experiment_id, runs_view(plan))
+        print(f"its runs table:      {table}")
     if plan.multi:
         print_front(summary, plan)
         return

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import json
 import math
 import sys
 import tempfile
+import time
 import traceback
 import warnings
 from dataclasses import dataclass, field, replace
@@ -58,6 +60,7 @@ from sweeplab.training.trainer import TrainResult
 
 FRONT_TAG = "sweeplab.pareto"  # on a trial's run: whether the trial is on the Pareto front
 FRONT_ATTR = "pareto_front"  # on the study: the trials tagged on the front
+VIEW_TAG = "mlflow.sharedViewState."  # an experiment's tag: a runs-table view the UI opens
 
 
 def mlflow_client(plan: SweepPlan) -> tuple[MlflowClient, str]:
@@ -92,6 +95,7 @@ def failed_before_training(
 def find_or_create_parent(plan: SweepPlan, study: optuna.Study) -> str:
     """The study's MLflow run: created on the first start, reused (set RUNNING) on resume."""
     client, experiment_id = mlflow_client(plan)
+    share_runs_view(plan, client, experiment_id)
     run_id = study.user_attrs.get("mlflow_parent_run_id")
     if run_id:
         try:
@@ -110,24 +114,71 @@ def find_or_create_parent(plan: SweepPlan, study: optuna.Study) -> str:
         tags={"sweeplab.role": "study", "optuna.study": plan.study_name, **source_tags()},
     )
     run_id = created.info.run_id
-    params = {f"sweep.{k}": v for k, v in to_flat_dict_sweep(plan.settings).items()}
-    # one param: `space.<key>` params came up beside the trials' own when searching columns
-    params["sweep.params"] = " ".join(f"{k}={e}" for k, e in plan.space.expressions.items())
-    # resolved, each under one name: the objective (`optimized_metric`, else val/acc), the
-    # storage (null: the journal file), the workers (`n_jobs` is its alias)
-    params["sweep.objective"] = plan.objective
-    params["sweep.storage"] = plan.storage
-    params["sweep.workers"] = plan.workers
-    del params["sweep.n_jobs"]
-    constants = sweep_constants(plan)
-    constants.pop("optimized_metric", None)
-    params |= {key: param_text(value) for key, value in constants.items()}
-    params["overrides"] = " ".join(plan.overrides)
+    params = parent_params(plan)
     batch = [Param(k, without_secrets(str(v))[:6000]) for k, v in params.items()]
     for i in range(0, len(batch), MAX_BATCH):
         client.log_batch(run_id, params=batch[i : i + MAX_BATCH])
     study.set_user_attr("mlflow_parent_run_id", run_id)
     return run_id
+
+
+def runs_view(plan: SweepPlan) -> str:
+    """The name of the study's runs-table view, which its printed link opens (`ui_link`)."""
+    return f"sweep-{plan.study_name}"
+
+
+def share_runs_view(plan: SweepPlan, client: MlflowClient, experiment_id: str) -> None:
+    """Save the runs table a new user should see as a view of the experiment (what the UI's own
+    "Share" does): the trials ranked by the objective, with the objectives, the epochs each
+    ran and the searched params as columns. A fresh browser opens the table with no metric
+    column, and no link parameter adds one."""
+    params = plan.example.tracking.params if plan.example else None
+    columns = [
+        *(f"metrics.`{metric}`" for metric, _ in plan.objectives),
+        "metrics.`epochs_run`",
+        *(f"params.`{key}`" for key in params or plan.space.distributions),
+        "attributes.`Duration`",
+    ]
+    metric, direction = plan.objectives[0]
+    # the name column wide enough for the longest name a trial gets, about 8 px a letter (the
+    # UI applies the widths of the columns `columnOrder` lists)
+    longest = trial_run_name(plan.study_name, 9999, TrialState.COMPLETE, None, at_chance=True)
+    name = "attributes.`Run Name`"
+    state = {
+        "orderByKey": f"metrics.`{metric}`",
+        "orderByAsc": direction == "minimize",
+        "selectedColumns": columns,
+        "columnOrder": [name],
+        "columnWidths": {name: 8 * len(longest) + 50},
+    }
+    now = int(time.time() * 1000)
+    view = {"name": runs_view(plan), "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    client.set_experiment_tag(experiment_id, VIEW_TAG + runs_view(plan), json.dumps(view))
+
+
+def parent_params(plan: SweepPlan) -> dict[str, Any]:
+    """The sweep's run's params: its settings in use (none unset or empty), each under one
+    name, its search space as one param, the constants every trial shares and the command
+    line's overrides. The study's name is its `optuna.study` tag."""
+    settings = to_flat_dict_sweep(plan.settings)
+    for alias in ("n_jobs", "study_name", "objective", "direction", "objectives", "storage"):
+        del settings[alias]
+    params = {f"sweep.{k}": v for k, v in settings.items() if v is not None and v != []}
+    # one param: `space.<key>` params came up beside the trials' own when searching columns
+    params["sweep.params"] = " ".join(f"{k}={e}" for k, e in plan.space.expressions.items())
+    # resolved: the objectives (`optimized_metric`, else val/acc), the storage (null: the
+    # journal file), the workers (`n_jobs` is its alias)
+    if plan.multi:
+        params["sweep.objectives"] = " ".join(f"{m}:{d}" for m, d in plan.objectives)
+    else:
+        params["sweep.objective"], params["sweep.direction"] = plan.objectives[0]
+    params["sweep.storage"] = plan.storage
+    params["sweep.workers"] = plan.workers
+    constants = sweep_constants(plan)
+    constants.pop("optimized_metric", None)
+    params |= {key: param_text(value) for key, value in constants.items()}
+    params["overrides"] = " ".join(plan.overrides)
+    return params
 
 
 def sweep_constants(plan: SweepPlan) -> dict[str, Any]:
@@ -453,6 +504,28 @@ def load_plotting() -> tuple[ModuleType, type]:
     return optuna_plots, PedAnovaImportanceEvaluator
 
 
+def readable_log_ticks(ax: Any) -> None:
+    """Labels 1, 2 and 5 of each decade on a log x axis spanning about a decade, and three or
+    four plain ticks on one spanning less than two of those: there matplotlib labels every
+    minor tick or ten linear ones ("5x10^-5 6x10^-5 ..."), which overlap in a slice plot's
+    panel (over more decades it labels only the decades)."""
+    from matplotlib import ticker  # loaded with the plots (load_plotting), not at start-up
+
+    low, high = ax.get_xlim()
+    if ax.get_xscale() != "log" or high / low >= 30:
+        return
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    round_ticks = [m * 10.0**d for d in decades for m in (1, 2, 5) if low <= m * 10.0**d <= high]
+    if len(round_ticks) >= 2:
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    else:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=3, steps=[1, 2, 5, 10]))
+    ax.xaxis.set_major_formatter(
+        ticker.LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(math.inf, math.inf))
+    )
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
 def sweep_folder(study_name: str) -> Path:
     """outputs/sweeps/<study>: the sweep's files, beside the copies in its MLflow parent run."""
     folder = output_dir() / "sweeps" / study_name
@@ -461,13 +534,27 @@ def sweep_folder(study_name: str) -> Path:
 
 
 def save_study_plots(study: optuna.Study, study_name: str, objectives: list[str]) -> list[Path]:
-    """Optuna's optimisation history, parallel coordinates, parameter importances and slice plots
-    as PNGs in the sweep's folder, their value axis named by the (first) objective, sized to
-    their number of parameters; with several objectives also the Pareto front, its axes named.
-    A plot the study cannot make yet (e.g. importances from one trial) is skipped."""
+    """Optuna's plots of the study (`study_figures`) as PNGs in the sweep's folder."""
     folder = sweep_folder(study_name)
-    optuna_plots, PedAnovaImportanceEvaluator = load_plotting()  # noqa: N806 - a class
     plt = pyplot()
+    written = []
+    for name, fig in study_figures(study, objectives).items():
+        path = folder / f"{name}.png"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # not tight_layout: it lays the panels over the slice plot's colour bar
+            fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def study_figures(study: optuna.Study, objectives: list[str]) -> dict[str, Any]:
+    """Optuna's optimisation history, parallel coordinates, parameter importances and slice plots,
+    their value axis named by the (first) objective, sized to their number of parameters; with
+    several objectives also the Pareto front, its axes named. A plot the study cannot make yet
+    (e.g. importances from one trial) is skipped."""
+    optuna_plots, PedAnovaImportanceEvaluator = load_plotting()  # noqa: N806 - a class
     first = {"target_name": objectives[0]}
     if len(objectives) > 1:  # Optuna's single-value plots need the value to show
         first["target"] = lambda trial: trial.values[0]
@@ -489,7 +576,7 @@ def save_study_plots(study: optuna.Study, study_name: str, objectives: list[str]
         "parallel_coordinate": (max(8.0, 1.7 * (n_params + 1)), 5.5),
         "slice": (3.0 * n_params + 1.5, 3.5),
     }
-    written = []
+    figures = {}
     for name, make in makers.items():
         try:
             with warnings.catch_warnings():
@@ -500,11 +587,7 @@ def save_study_plots(study: optuna.Study, study_name: str, objectives: list[str]
             continue
         fig = np.atleast_1d(axes).ravel()[0].figure
         fig.set_size_inches(*sizes.get(name, (8.0, 5.0)))
-        path = folder / f"{name}.png"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # not tight_layout: it lays the panels over the slice plot's colour bar
-            fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-    return written
+        for ax in fig.axes:
+            readable_log_ticks(ax)
+        figures[name] = fig
+    return figures
