@@ -18,10 +18,11 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from sweeplab.config import CONF_DIR, ConfigError, register_configs
+from sweeplab.config import CONF_DIR, CONFIG_GROUPS, ConfigError, register_configs
 from sweeplab.sweep import run as sweep_run
-from sweeplab.sweep.plan import plan_sweep, trial_run_name
+from sweeplab.sweep.plan import compose_each, compose_trial, plan_sweep, trial_run_name
 from sweeplab.sweep.run import run_sweep
+from sweeplab.sweep.space import suggest
 from sweeplab.sweep.storage import make_storage, quiet_experimental
 from sweeplab.training.data import load_dataset
 
@@ -72,6 +73,54 @@ def test_every_shipped_sweep_plans(name):
         plan = plan_sweep(compose("config", [f"sweep={name}"]), [f"sweep={name}"], name)
     assert plan.study_name == name and plan.space.distributions
     assert plan.storage.endswith(f"optuna/{name}.journal")
+
+
+def composed(plan, values: dict) -> object:
+    """Hydra's config of a trial with `values`, or the first line of why it refuses them."""
+    try:
+        return compose_trial(plan, values)
+    except ConfigError as err:
+        return str(err).splitlines()[0]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")))
+def test_trial_configs_set_on_a_composed_choice_of_groups_equal_hydras(name):
+    """compose_each composes each choice of config groups once and sets the other values on a
+    copy: every trial's config is the one Hydra composes from all its values."""
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        plan = plan_sweep(compose("config", [f"sweep={name}"]), [f"sweep={name}"], name)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        values = [suggest(study.ask(), plan.space) for _ in range(12)]
+        expected = [composed(plan, v) for v in values]
+        made = compose_each(plan, values)
+    for trial_values, hydras, ours in zip(values, expected, made, strict=True):
+        if isinstance(hydras, str):  # a combination the schema refuses: refused alike
+            assert isinstance(ours, ConfigError) and hydras in str(ours), trial_values
+        else:
+            assert ours == hydras, trial_values
+    choices = {
+        tuple(sorted((k, repr(x)) for k, x in v.items() if k in CONFIG_GROUPS)) for v in values
+    }
+    assert len(plan.composed) == len(choices)  # Hydra composed each choice of groups once
+
+
+def test_a_key_the_chosen_option_lacks_refuses_the_trial(mlflow_uri):
+    overrides = sweep_overrides(mlflow_uri)
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        plan = plan_sweep(compose("config", overrides), overrides, "synthetic", check_trials=False)
+        [adam, sgd] = compose_each(
+            plan,
+            [
+                {"optimizer": "adam", "optimizer.momentum": 0.5},
+                {"optimizer": "sgd", "optimizer.momentum": 0.5},
+            ],
+        )
+        hydras = composed(plan, {"optimizer": "adam", "optimizer.momentum": 0.5})
+    assert "momentum" in hydras  # Hydra refuses it too
+    assert isinstance(adam, ConfigError) and "'optimizer.momentum'" in str(adam)
+    assert sgd.optimizer.momentum == 0.5
 
 
 @pytest.mark.parametrize(
@@ -508,8 +557,11 @@ def test_two_workers_cover_a_grid_exactly_once(mlflow_uri, _isolated_output):
         mlflow_uri,
         _isolated_output,
         "grid2",
-        "trainer.epochs=2",
-        "sweep.stack=1",  # a grid point at a time: the second worker gets some
+        # a grid point at a time, long enough (about 0.2 s) that the second worker, seconds to
+        # start, gets some
+        "trainer.epochs=150",
+        "data.n_train=1000",
+        "sweep.stack=1",
         sweep="synthetic_widths",
     )
     assert "[w1] trial" in done.stdout

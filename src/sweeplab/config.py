@@ -17,9 +17,9 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_type_hints
 
 import yaml
 from hydra.core.config_store import ConfigStore
@@ -416,6 +416,9 @@ class Config:
     sweep: SweepConfig | None = None  # the study; only `python -m sweeplab.sweep` reads it
     optimized_metric: str | None = None  # lightning-hydra-template's name for sweep.objective
 
+
+# the config groups: Config's fields with a schema of their own (`optimizer=sgd` picks an option)
+CONFIG_GROUPS = frozenset(k for k, hint in get_type_hints(Config).items() if is_dataclass(hint))
 
 # a group's options: the key is the schema's `name`, so each is stated once
 DATA_SCHEMAS: dict[str, type[DataConfig]] = {

@@ -1,7 +1,8 @@
 """A sweep's plan: its settings, search space and storage, checked before any trial starts.
 
 plan = plan_sweep(composed, overrides, "synthetic")   # raises ConfigError, naming the key
-cfg = compose_trial(plan, {"model.d_hidden": 8})        # one trial's typed config
+cfg = compose_trial(plan, {"model.d_hidden": 8})        # one trial's typed config, by Hydra
+configs = compose_each(plan, [values_0, values_1])     # many, Hydra once per choice of groups
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from optuna.trial import TrialState
 
 from sweeplab.config import (
     CONF_DIR,
+    CONFIG_GROUPS,
     EPOCH_METRICS,
     SIZE_METRICS,
     Config,
@@ -68,6 +70,8 @@ class SweepPlan:
     constraints: list[Constraint] = field(default_factory=list)  # `sweep.constraints`, parsed
     # trial configs at every bound and choice of the space, made when the space was checked
     corners: list[Config] = field(default_factory=list)
+    # trials' configs composed by Hydra, by their choice of config groups (`compose_each`)
+    composed: dict[tuple, Config | ConfigError] = field(default_factory=dict, repr=False)
 
     @property
     def example(self) -> Config | None:
@@ -215,29 +219,28 @@ def compose_trials(plan: SweepPlan, values: list[dict[str, Any]]) -> list[Config
 
 
 def compose_each(plan: SweepPlan, values: list[dict[str, Any]]) -> list[Config | ConfigError]:
-    """Each trial's typed config, or why the schema refuses it: Hydra composes each distinct set
-    of the values that stacked trials share once (`compose_trial`); the values that may differ
-    within a stack are set on a copy of it and checked (config.validate), a fraction of a
-    composition's cost."""
-    composed: dict[tuple, Config | ConfigError] = {}
+    """Each trial's typed config, or why the schema refuses it. Hydra composes each distinct
+    choice of config groups (`optimizer=sgd`) once per process (`SweepPlan.composed`); the other
+    values are set on a copy and checked (config.validate), a fraction of a composition's cost.
+    The space's corners were composed whole (`plan_sweep`), so every value's type is the
+    schema's."""
     configs: list[Config | ConfigError] = []
     for trial_values in values:
-        shared = {k: v for k, v in trial_values.items() if not stackable(k)}
-        key = tuple(sorted((k, repr(v)) for k, v in shared.items()))
-        if key not in composed:
+        groups = {k: v for k, v in trial_values.items() if k in CONFIG_GROUPS}
+        key = tuple(sorted((k, repr(v)) for k, v in groups.items()))
+        if key not in plan.composed:
             try:
-                composed[key] = compose_trial(plan, shared)
+                plan.composed[key] = compose_trial(plan, groups)
             except ConfigError as err:
-                composed[key] = err
-        base = composed[key]
-        if isinstance(base, ConfigError):
-            configs.append(ConfigError(f"{base} (from sweep.params: {trial_values})"))
-            continue
-        cfg = copy.deepcopy(base)
-        for dotted, value in trial_values.items():
-            if stackable(dotted):
-                _set(cfg, dotted, value)
+                plan.composed[key] = err
+        base = plan.composed[key]
         try:
+            if isinstance(base, ConfigError):
+                raise base
+            cfg = copy.deepcopy(base)
+            for dotted, value in trial_values.items():
+                if dotted not in groups:
+                    _set(cfg, dotted, value)
             validate(cfg)
         except ConfigError as err:
             configs.append(ConfigError(f"{err} (from sweep.params: {trial_values})"))
@@ -247,11 +250,16 @@ def compose_each(plan: SweepPlan, values: list[dict[str, Any]]) -> list[Config |
 
 
 def _set(cfg: Config, dotted: str, value: Any) -> None:
-    """cfg.<dotted> = value, in the type the schema has there (an int sampled for a float)."""
+    """cfg.<dotted> = value, in the type the schema has there (an int sampled for a float);
+    ConfigError where the schema has no such key (an option of a group lacks it)."""
     *path, name = dotted.split(".")
     node = cfg
     for part in path:
         node = getattr(node, part)
+    if name not in {f.name for f in fields(node)}:
+        raise ConfigError(
+            f"sweep.params: Could not override '{dotted}': no key '{name}' in {type(node).__name__}"
+        )
     current = getattr(node, name)
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

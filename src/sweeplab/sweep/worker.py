@@ -33,7 +33,6 @@ from sweeplab.sweep.front import FrontGuard, front_guard
 from sweeplab.sweep.plan import (
     AT_CHANCE,
     SweepPlan,
-    compose_trial,
     compose_trials,
     trial_note,
     trial_run_name,
@@ -228,7 +227,7 @@ class Worker:
         mark_owner(trial)
         values = suggest(trial, self.plan.space)
         try:
-            cfg = compose_trial(self.plan, values)
+            [cfg] = compose_trials(self.plan, [values])
         except ConfigError as err:  # a combination the schema refuses, not at a corner
             failed_before_training(self.plan, self.parent_run_id, trial, values, err)
             raise
