@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 import optuna
@@ -255,8 +255,8 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
     *path, name = dotted.split(".")
     node = cfg
     for part in path:
-        node = getattr(node, part)
-    if name not in {f.name for f in fields(node)}:
+        node = getattr(node, part, None)
+    if not is_dataclass(node) or name not in {f.name for f in fields(node)}:
         raise ConfigError(
             f"sweep.params: Could not override '{dotted}': no key '{name}' in {type(node).__name__}"
         )
