@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     from sweeplab.training.tracking import train_and_track
 
     register_configs()
-    timed(worker, "compose_trial", "config compose")  # the name Worker calls
+    timed(worker, "compose_trials", "config compose")  # the name Worker calls
     timed(tracking.TrackedRun, "start", "MLflow run start (handed to the helper)")
     timed(tracking.TrackedRun, "log_result", "log result (test metrics, plots)")
     timed(tracking.TrackedRun, "end", "MLflow run end (waits for the helper)")
