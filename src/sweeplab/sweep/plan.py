@@ -35,7 +35,6 @@ from sweeplab.config import (
     parse_constraints,
     sweep_objectives,
     to_config,
-    to_flat_dict,
     validate,
 )
 from sweeplab.redaction import without_secrets
@@ -274,7 +273,7 @@ def compose_trial(plan: SweepPlan, values: dict[str, Any]) -> Config:
     except HydraException as err:
         raise ConfigError(f"sweep.params: {str(err).splitlines()[0]}") from None
     cfg = replace(to_config(composed), sweep=None, optimized_metric=None)
-    cfg.tracking.params = trial_param_keys(plan.space, to_flat_dict(cfg))
+    cfg.tracking.params = trial_param_keys(plan.space)
     return cfg
 
 
@@ -282,12 +281,12 @@ def compose_trial(plan: SweepPlan, values: dict[str, Any]) -> Config:
 COMMON_OPTIMIZER_KEYS = [f"optimizer.{f.name}" for f in fields(OptimizerConfig) if f.name[0] != "_"]
 
 
-def trial_param_keys(space: SearchSpace, flat: dict[str, Any]) -> list[str]:
+def trial_param_keys(space: SearchSpace) -> list[str]:
     """The params a trial logs: what its sweep searches (a config group by its option,
     `optimizer.name`) and, when the optimizer is searched, the keys every optimizer has, so
     that their columns line up; the constants are on the sweep's run, so the compare view
     offers only what differs."""
-    searched = [key if key in flat else f"{key}.name" for key in space.distributions]
+    searched = [f"{key}.name" if key in CONFIG_GROUPS else key for key in space.distributions]
     common = COMMON_OPTIMIZER_KEYS if "optimizer.name" in searched else []
     return list(dict.fromkeys([*searched, *common]))
 

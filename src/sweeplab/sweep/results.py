@@ -43,7 +43,7 @@ from sweeplab.figures import IMPORTING_MATPLOTLIB, pyplot
 from sweeplab.provenance import source_tags
 from sweeplab.redaction import without_secrets
 from sweeplab.serving import save_pyfunc
-from sweeplab.sweep.plan import SweepPlan, compose_trial, trial_run_name
+from sweeplab.sweep.plan import SweepPlan, compose_trial, trial_param_keys, trial_run_name
 from sweeplab.sweep.space import describe, to_overrides
 from sweeplab.sweep.storage import best_or_none, wait_for_orphaned_helpers
 from sweeplab.training.mlflow_helper import Helper
@@ -132,11 +132,10 @@ def share_runs_view(plan: SweepPlan, client: MlflowClient, experiment_id: str) -
     "Share" does): the trials ranked by the objective, with the objectives, the epochs each
     ran and the searched params as columns. A fresh browser opens the table with no metric
     column, and no link parameter adds one."""
-    params = plan.example.tracking.params if plan.example else None
     columns = [
         *(f"metrics.`{metric}`" for metric, _ in plan.objectives),
         "metrics.`epochs_run`",
-        *(f"params.`{key}`" for key in params or plan.space.distributions),
+        *(f"params.`{key}`" for key in trial_param_keys(plan.space)),
         "attributes.`Duration`",
     ]
     metric, direction = plan.objectives[0]
