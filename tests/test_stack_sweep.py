@@ -3,7 +3,9 @@ pruned alone, within the exact budget; seed repeats."""
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 
 import optuna
 import pytest
@@ -58,6 +60,19 @@ def test_a_stacked_sweep_runs_its_budget_with_one_child_run_per_trial(mlflow_uri
     for stack in (study.trials[:4], study.trials[4:]):
         assert len({(t.params["optimizer"], t.params["trainer.batch_size"]) for t in stack}) == 1
         assert len({t.params["optimizer.lr"] for t in stack}) == len(stack)
+        # what each member records, written for the whole stack at once, read back from storage
+        owners = {
+            (t.user_attrs["stack"], t.user_attrs["trainer.shuffle_seed"], t.user_attrs["worker"])
+            for t in stack
+        }
+        assert owners == {
+            (
+                stack[0].number,
+                stack[0].user_attrs["trainer.shuffle_seed"],
+                f"{socket.gethostname()}:{os.getpid()}",
+            )
+        }
+        assert all(t.user_attrs["mlflow_helper"].startswith(socket.gethostname()) for t in stack)
     best = client.get_metric_history(summary.parent_run_id, "best_value")
     assert best[-1].value == pytest.approx(study.best_value)
 

@@ -15,11 +15,9 @@ trial is K members, one per seed; its value is their mean.
 
 from __future__ import annotations
 
-import copy
 import sys
 import threading
-import time
-from collections.abc import Callable, Container
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,18 +28,17 @@ from optuna.trial import TrialState
 from sweeplab.config import Config, ConfigError
 from sweeplab.phases import mark_phase
 from sweeplab.runtime import INTERRUPTED, interrupts_deferred
-from sweeplab.sweep.front import FrontGuard, front_guard
+from sweeplab.sweep.front import front_guard
 from sweeplab.sweep.plan import SweepPlan, compose_each, stackable, trial_run_name
+from sweeplab.sweep.pruning import StackPruning
 from sweeplab.sweep.results import failed_before_training
-from sweeplab.sweep.sampling import FirstObjective
 from sweeplab.sweep.space import suggest, to_overrides
 from sweeplab.sweep.storage import (
     HEARTBEAT_S,
     STOPPED_BY,
-    keep_reports,
     mark_owner,
     quiet_experimental,
-    write_reports,
+    write_user_attrs,
 )
 from sweeplab.training.stack.trainer import (
     Group,
@@ -55,7 +52,6 @@ from sweeplab.training.tracking import TrackedRun
 
 AUTO_STACK = 64  # `sweep.stack=0` where the stacked C++ loop covers the trials (small inputs)
 HAND_OVER_EVERY_S = 1.0  # a stack's runs hand their metrics to the MLflow helper this often
-REPORT_EVERY_S = 0.5  # and write their intermediate values to the Optuna storage this often
 
 
 @dataclass
@@ -106,8 +102,7 @@ def claim(study: optuna.Study, plan: SweepPlan, size: int) -> list[Claimed]:
                 claimed.append(Claimed(trial, suggest(trial, plan.space)))
         finally:
             study.sampler = sampler
-    for entry in claimed:
-        mark_owner(entry.trial)
+    mark_owner([entry.trial for entry in claimed])
     return claimed
 
 
@@ -150,8 +145,11 @@ def train_stack(entries: list[Claimed], context: Context) -> None:
     for entry in entries:  # one batch order for the whole stack; the trials record it
         for cfg in entry.configs:
             cfg.trainer.shuffle_seed = order
-        entry.trial.set_user_attr("trainer.shuffle_seed", order)
-        entry.trial.set_user_attr("stack", entries[0].trial.number)  # the stack's first trial
+    first = entries[0].trial.number  # names the stack
+    write_user_attrs(
+        [(e.trial, "trainer.shuffle_seed", order) for e in entries]
+        + [(e.trial, "stack", first) for e in entries]
+    )
     numbers = ", ".join(str(e.trial.number) for e in entries)
     context.announce(f"stack of {len(entries)} trials ({numbers})")
     runs = [_start_run(entry, context) for entry in entries]
@@ -246,85 +244,6 @@ def _tell(
             raise  # (the grid's size) stops the sweep
     frozen = context.study.get_trials(deepcopy=False)[entry.trial.number]
     context.after_trial(context.study, frozen)
-
-
-class StackPruning:
-    """After every epoch: each trial's objective reported to Optuna (as `Trial.report` does:
-    written to the storage for all trials at once, at most every REPORT_EVERY_S, and before
-    the trials end), then each trial's pruner decision (as `Trial.should_prune` does, on a
-    view of the study whose trial list is re-read at that pace: a pruner reads the whole list
-    for every decision, a query each time on an RDB storage, per trial and epoch). With several
-    objectives, each trial's guard spares it where it may be on the Pareto front."""
-
-    def __init__(
-        self,
-        study: optuna.Study,
-        trials: list[optuna.Trial],
-        metric: str,
-        guards: list[FrontGuard | None],
-    ) -> None:
-        self.view = StudyView(study)
-        self.trials = trials
-        self.metric = metric
-        self.guards = guards
-        self.unwritten: list[tuple[optuna.Trial, float, int]] = []
-        self.written_at = time.monotonic()
-
-    def on_epoch(
-        self, epoch: int, metrics: dict[int, dict[str, float]]
-    ) -> dict[int, BaseException]:
-        reports = [(self.trials[g], values[self.metric], epoch) for g, values in metrics.items()]
-        keep_reports(reports)
-        self.unwritten += reports
-        if time.monotonic() - self.written_at >= REPORT_EVERY_S:
-            self.write()
-        pruned = {}
-        for g, values in metrics.items():
-            if prunes(self.view, self.trials[g], self.guards[g], epoch, values):
-                value = values[self.metric]
-                pruned[g] = optuna.TrialPruned(
-                    f"pruned at epoch {epoch} with {self.metric}={value:.4g}"
-                )
-        return pruned
-
-    def write(self) -> None:
-        write_reports(self.unwritten)
-        self.unwritten = []
-        self.written_at = time.monotonic()
-        self.view.forget()
-
-
-def prunes(
-    view: StudyView,
-    trial: optuna.Trial,
-    guard: FrontGuard | None,
-    epoch: int,
-    metrics: dict[str, float],
-) -> bool:
-    """The pruner's word on `trial` (as `Trial.should_prune`), unless its guard spares it."""
-    if not view.pruner.prune(view, trial._get_latest_trial()):
-        return False
-    return guard is None or not guard.spares(view, epoch, metrics)
-
-
-class StudyView(FirstObjective):
-    """The study, its `get_trials` answered from what it returned last until `forget()`, its
-    `direction` the first objective's (what a pruner compares)."""
-
-    def __init__(self, study: optuna.Study) -> None:
-        super().__init__(study)
-        self._trials: dict[Any, list[optuna.trial.FrozenTrial]] = {}
-
-    def get_trials(
-        self, deepcopy: bool = True, states: Container[TrialState] | None = None
-    ) -> list[optuna.trial.FrozenTrial]:
-        key = tuple(states) if states is not None else None
-        if key not in self._trials:
-            self._trials[key] = self._study.get_trials(deepcopy=False, states=states)
-        return copy.deepcopy(self._trials[key]) if deepcopy else self._trials[key]
-
-    def forget(self) -> None:
-        self._trials = {}
 
 
 class heartbeats:  # noqa: N801 - a context manager, used as `with heartbeats(...)`

@@ -82,26 +82,46 @@ def make_storage(storage: str) -> optuna.storages.BaseStorage:
 
 
 class SweepJournalStorage(JournalStorage):
-    """Optuna's journal storage, which can also write many trials' intermediate values at once:
-    a stack's members report every epoch, and one write (a lock, an append, a sync) for all of
-    them costs what one `Trial.report` does. The log lines are those Trial.report writes."""
+    """Optuna's journal storage, which can also write many trials' intermediate values or user
+    attributes at once: a stack's members report every epoch and take the same attributes, and
+    one write (a lock, an append, a sync) for all of them costs what one `Trial.report` or
+    `Trial.set_user_attr` does. The log lines are those Optuna's own calls write."""
 
     def set_intermediate_values(self, values: list[tuple[int, int, float]]) -> None:
         """(trial id, step, value) of many trials, in one append to the journal."""
+        self._append(
+            JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE,
+            [{"trial_id": t, "step": step, "intermediate_value": v} for t, step, v in values],
+        )
+
+    def set_user_attrs(self, attrs: list[tuple[int, str, Any]]) -> None:
+        """(trial id, key, value) of many trials, in one append to the journal."""
+        self._append(
+            JournalOperation.SET_TRIAL_USER_ATTR,
+            [{"trial_id": t, "user_attr": {key: value}} for t, key, value in attrs],
+        )
+
+    def _append(self, operation: JournalOperation, logs: list[dict[str, Any]]) -> None:
         worker = self._replay_result.worker_id
-        logs = [
-            {
-                "op_code": JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE,
-                "worker_id": worker,
-                "trial_id": trial_id,
-                "step": step,
-                "intermediate_value": value,
-            }
-            for trial_id, step, value in values
-        ]
         with self._thread_lock:
-            self._backend.append_logs(logs)
+            self._backend.append_logs(
+                [{"op_code": operation, "worker_id": worker, **log} for log in logs]
+            )
             self._sync_with_backend()
+
+
+def write_user_attrs(attrs: list[tuple[optuna.Trial, str, Any]]) -> None:
+    """`trial.set_user_attr(key, value)` for each (trial, key, value), in one journal append."""
+    if not attrs:
+        return
+    storage = attrs[0][0].storage
+    if not isinstance(storage, SweepJournalStorage):
+        for trial, key, value in attrs:
+            trial.set_user_attr(key, value)
+        return
+    storage.set_user_attrs([(trial._trial_id, key, value) for trial, key, value in attrs])
+    for trial, key, value in attrs:  # what Trial.set_user_attr keeps in the trial object
+        trial._cached_frozen_trial.user_attrs[key] = value
 
 
 def keep_reports(reports: list[tuple[optuna.Trial, float, int]]) -> None:
@@ -278,11 +298,12 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def mark_owner(trial: optuna.Trial) -> None:
-    """Record on `trial` the process that trains it and that process's MLflow helper."""
-    trial.set_user_attr("worker", worker_id())
+def mark_owner(trials: list[optuna.Trial]) -> None:
+    """Record on each trial the process that trains it and that process's MLflow helper."""
+    owner = {"worker": worker_id()}
     if (helper := shared_helper().pid) is not None:
-        trial.set_user_attr("mlflow_helper", f"{socket.gethostname()}:{helper}")
+        owner["mlflow_helper"] = f"{socket.gethostname()}:{helper}"
+    write_user_attrs([(trial, key, value) for trial in trials for key, value in owner.items()])
 
 
 def wait_for_orphaned_helpers(trials: list[optuna.trial.FrozenTrial]) -> None:

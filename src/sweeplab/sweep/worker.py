@@ -29,7 +29,7 @@ from sweeplab.machine import machine_failure
 from sweeplab.phases import mark_phase
 from sweeplab.runtime import INTERRUPTED, stopping
 from sweeplab.sweep import stacking
-from sweeplab.sweep.front import FrontGuard, front_guard
+from sweeplab.sweep.front import front_guard
 from sweeplab.sweep.plan import (
     AT_CHANCE,
     SweepPlan,
@@ -37,6 +37,7 @@ from sweeplab.sweep.plan import (
     trial_note,
     trial_run_name,
 )
+from sweeplab.sweep.pruning import PruningCallback
 from sweeplab.sweep.results import failed_before_training
 from sweeplab.sweep.space import describe, extremes, suggest, to_overrides
 from sweeplab.sweep.stopping import plateau
@@ -47,19 +48,17 @@ from sweeplab.sweep.storage import (
     best_or_none,
     is_dead,
     is_rdb,
-    keep_reports,
     mark_owner,
     quiet_experimental,
     retry,
     retry_once,
     stop_trials,
     worker_id,
-    write_reports,
 )
 from sweeplab.training import checkpoint
 from sweeplab.training.mlflow_helper import shared_helper
 from sweeplab.training.tracking import NOTE_TAG, RUN_NAME_TAG, train_and_track
-from sweeplab.training.trainer import Callback, TrainResult, auto_threads
+from sweeplab.training.trainer import TrainResult, auto_threads
 
 MIN_FINISHED_FOR_FAILURE_RATE = 5
 TOO_MANY_FAILED = "too many failed trials"
@@ -73,33 +72,6 @@ def feasibility(trial: optuna.trial.FrozenTrial) -> dict[str, str]:
     broken = [name for name, excess in trial.constraints.items() if excess > 0]
     tags = {"sweeplab.feasible": "false" if broken else "true"}
     return tags | ({"sweeplab.broken_constraints": ", ".join(broken)} if broken else {})
-
-
-class PruningCallback(Callback):
-    """Reports the objective to Optuna after every epoch and stops a trial it prunes (as
-    `Trial.should_prune` does, on a view of the study re-read at most every REPORT_EVERY_S: a
-    pruner reads the running trials for every decision, each epoch's values included, on an RDB
-    storage a query that grows with the epochs). With several objectives, `guard` spares a
-    trial that may be on the Pareto front."""
-
-    def __init__(self, trial: optuna.Trial, metric: str, guard: FrontGuard | None) -> None:
-        self.trial = trial
-        self.metric = metric
-        self.guard = guard
-        self.view = stacking.StudyView(trial.study)
-        self.read_at = time.monotonic()
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        value = metrics[self.metric]
-        # what Trial.report does, which Optuna refuses in a study of several objectives: there
-        # the first one's values are what its trials are pruned on
-        keep_reports([(self.trial, value, epoch)])
-        write_reports([(self.trial, value, epoch)])
-        if time.monotonic() - self.read_at >= stacking.REPORT_EVERY_S:
-            self.view.forget()
-            self.read_at = time.monotonic()
-        if stacking.prunes(self.view, self.trial, self.guard, epoch, metrics):
-            raise optuna.TrialPruned(f"pruned at epoch {epoch} with {self.metric}={value:.4g}")
 
 
 def count_failed(trials: list[optuna.trial.FrozenTrial]) -> int:
@@ -224,7 +196,7 @@ class Worker:
     def objective(self, trial: optuna.Trial) -> float | list[float]:
         """Train one trial's config; its objective's last value (each objective's)."""
         self.lock.release()  # the trial exists now: other workers count it
-        mark_owner(trial)
+        mark_owner([trial])
         values = suggest(trial, self.plan.space)
         try:
             [cfg] = compose_trials(self.plan, [values])
