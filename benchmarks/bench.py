@@ -166,7 +166,7 @@ def profile_step(case: Case, data: object) -> str:
     """Where sweeplab's training step spends its time (torch.profiler, top operators)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from sweeplab.config import AdamConfig, TrainerConfig
+    from sweeplab.config import AdamConfig
     from sweeplab.training.fast import fast_steps
     from sweeplab.training.model import TwoLayerNet, loss_for_task
     from sweeplab.training.optim import build_optimizer
@@ -176,7 +176,7 @@ def profile_step(case: Case, data: object) -> str:
     net = TwoLayerNet(data.n_features, case.d_hidden, data.n_outputs, "sigmoid")
     opt = build_optimizer(list(net.parameters()), AdamConfig(lr=case.lr))
     # the Python loop: a profiler would send the C++ loop's epochs there anyway
-    steps = fast_steps(net, opt, data.task, TrainerConfig(native=False), False, torch.device("cpu"))
+    steps = fast_steps(net, opt, data.task, native_loop=False)
     loss_fn, order = loss_for_task(data.task), torch.Generator().manual_seed(0)
     train_one_epoch(net, steps, loss_fn, data, case.batch_size, order)  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -11,7 +11,7 @@
 3. one: a stack of one trial against the single-run trainer (`training.trainer.run`), the same
    config, in turns, median seconds per epoch (`time/epoch_s`): synthetic runs (the lecture's
    demo, SGD, a wide layer) and MNIST d_H=100; the last column says which one a single run (and
-   an unstacked trial) trains with (`stack.trainer.covers_alone`).
+   an unstacked trial) trains with (`loops.choose_loop`).
 4. mnist: the MNIST sweep's space (`sweep=mnist`, d_H 256-1536), 2 workers,
    `sweep.timeout=--mnist-seconds`, 5 epochs a trial, one trial at a time against stacks of 4:
    epochs trained per minute (every trial's reported epochs, pruned ones included).
@@ -37,8 +37,10 @@ from hydra import compose, initialize_config_dir
 
 from sweeplab.config import CONF_DIR, Config, register_configs, to_config
 from sweeplab.sweep.storage import make_storage
-from sweeplab.training.stack.trainer import Group, covers_alone, run_stack
-from sweeplab.training.trainer import run
+from sweeplab.training.data import load_dataset
+from sweeplab.training.loops import Loop, choose_loop
+from sweeplab.training.stack.trainer import Group, run_stack
+from sweeplab.training.trainer import resolve_device, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,7 +169,8 @@ def part_one(args: argparse.Namespace, scratch: Path) -> list[str]:
             outcome = run_stack([Group([cfg])])[0]
             stacked += [h["time/epoch_s"] for h in outcome.result.history[1:]]
         a, b = statistics.median(single), statistics.median(stacked)
-        used = "the stack of 1" if covers_alone(cfg) else "the trainer"
+        loop = choose_loop(cfg, load_dataset(cfg.data), resolve_device(cfg.trainer.device))
+        used = "the stack of 1" if loop is Loop.STACK_NATIVE else "the trainer"
         lines.append(f"| {name} | {a:.5f} | {b:.5f} | {b / a:.2f} | {used} |")
     return lines
 

@@ -7,12 +7,21 @@ import logging
 import pytest
 import torch
 
-from sweeplab.config import TrainerConfig
+from sweeplab.config import (
+    AdamConfig,
+    Config,
+    ModelConfig,
+    SGDConfig,
+    SyntheticDataConfig,
+    TrackingConfig,
+    TrainerConfig,
+)
 from sweeplab.training import fast, trainer
 from sweeplab.training.data import Dataset
 from sweeplab.training.fast import native
 from sweeplab.training.fast.backprop import ManualBackprop
 from sweeplab.training.fast.lean_adam import LeanAdam, LeanAdamW
+from sweeplab.training.loops import Loop, choose_loop
 from sweeplab.training.model import TwoLayerNet, loss_for_task
 
 CPU = torch.device("cpu")
@@ -31,10 +40,18 @@ def dataset(task: str, n: int = 203, d_in: int = 7, k: int = 4) -> Dataset:
 
 
 def steps_for(net, optimizer, task, native_loop, backward="manual", augmented=False):
-    """The steps the trainer would make for these settings (fast.fast_steps, or autograd)."""
-    settings = TrainerConfig(backward=backward, native=native_loop)
-    steps = fast.fast_steps(net, optimizer, task, settings, augmented, CPU)
-    return steps or trainer.AutogradSteps(net, optimizer, loss_for_task(task))
+    """The steps the trainer would make for these settings (the loop `choose_loop` chooses)."""
+    cfg = Config(
+        data=SyntheticDataConfig(),
+        model=ModelConfig(),
+        optimizer=AdamConfig() if isinstance(optimizer, LeanAdam) else SGDConfig(),
+        trainer=TrainerConfig(backward=backward, native=native_loop, shift_pixels=int(augmented)),
+        tracking=TrackingConfig(),
+    )
+    loop = choose_loop(cfg, dataset(task), CPU, "single-run")
+    if loop is Loop.AUTOGRAD:
+        return trainer.AutogradSteps(net, optimizer, loss_for_task(task))
+    return fast.fast_steps(net, optimizer, task, native_loop=loop is Loop.NATIVE)
 
 
 def train(data, activation, optimizer_cls, native_loop, epochs=3, **optimizer_kwargs):
@@ -190,7 +207,6 @@ def test_a_source_that_does_not_compile_leaves_the_python_loop_and_says_why(
 
 INTERRUPTED_EPOCH = """
 import signal, sys, torch
-from sweeplab.config import TrainerConfig
 from sweeplab.training import fast, trainer
 from sweeplab.training.data import Dataset
 from sweeplab.training.fast import native
@@ -203,7 +219,7 @@ x, y = torch.randn(400_000, 8), torch.randint(0, 3, (400_000,))
 data = Dataset("big", "multiclass", 3, x, y, x[:10], y[:10], x[:10], y[:10])
 net = TwoLayerNet(8, 16, 3, "relu")
 optimizer = LeanAdam(net.parameters(), lr=1e-3, fused=True)
-steps = fast.fast_steps(net, optimizer, "multiclass", TrainerConfig(), False, torch.device("cpu"))
+steps = fast.fast_steps(net, optimizer, "multiclass", native_loop=True)
 assert isinstance(steps, fast.NativeSteps)
 print("training", flush=True)
 try:

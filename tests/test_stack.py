@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from sweeplab.training import tracking, trainer
+from sweeplab.training.data import load_dataset
+from sweeplab.training.loops import Loop, choose_loop
 from sweeplab.training.stack.model import StackedNet, StackLayout
-from sweeplab.training.stack.trainer import Group, Stack, covers_alone, run_alone, run_stack
+from sweeplab.training.stack.trainer import Group, Stack, run_alone, run_stack
 from sweeplab.training.trainer import Callback, DivergenceError
 
 from .test_mnist import write_idx_set
@@ -278,7 +280,8 @@ def test_a_single_run_of_a_small_input_trains_as_a_stack_of_one(
     make_config, monkeypatch, overrides, alone
 ):
     cfg = make_config(*SMALL, *overrides)
-    assert covers_alone(cfg) == alone
+    loop = choose_loop(cfg, load_dataset(cfg.data), torch.device("cpu"))
+    assert (loop is Loop.STACK_NATIVE) == alone
     used = []
     monkeypatch.setattr(tracking, "run_alone", lambda *a: used.append("stack") or run_alone(*a))
     monkeypatch.setattr(

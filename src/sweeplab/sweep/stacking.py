@@ -40,15 +40,17 @@ from sweeplab.sweep.storage import (
     quiet_experimental,
     write_user_attrs,
 )
+from sweeplab.training.data import load_dataset
+from sweeplab.training.loops import Loop, choose_loop
 from sweeplab.training.stack.trainer import (
     Group,
     Outcome,
-    covers_alone,
     run_stack,
     shuffle_seed,
     stack_key,
 )
 from sweeplab.training.tracking import TrackedRun
+from sweeplab.training.trainer import resolve_device
 
 AUTO_STACK = 64  # `sweep.stack=0` where the stacked C++ loop covers the trials (small inputs)
 HAND_OVER_EVERY_S = 1.0  # a stack's runs hand their metrics to the MLflow helper this often
@@ -76,13 +78,17 @@ class Claimed:
 
 def stack_size(plan: SweepPlan, corners: list[Config]) -> int:
     """`sweep.stack`, or (0) as many as pay: AUTO_STACK where the stacked C++ loop covers every
-    trial (`covers_alone`: a small input on the CPU, no augmentation, no dropout, an optimizer
+    trial (`choose_loop` says STACK_NATIVE: a small input on the CPU, no augmentation, no dropout, an optimizer
     stacks train with) at each of the space's `corners` (every bound and choice), else 1: a trial
     of a wide input is matrix products, which a stack does not make cheaper, and one stacks
     cannot train (another optimizer, AMSGrad) must train alone."""
     if plan.settings.stack:
         return plan.settings.stack
-    return AUTO_STACK if all(covers_alone(cfg) for cfg in corners) else 1
+    alone = [
+        choose_loop(cfg, load_dataset(cfg.data), resolve_device(cfg.trainer.device))
+        for cfg in corners
+    ]
+    return AUTO_STACK if all(loop is Loop.STACK_NATIVE for loop in alone) else 1
 
 
 def claim(study: optuna.Study, plan: SweepPlan, size: int) -> list[Claimed]:

@@ -44,10 +44,11 @@ from sweeplab.runtime import INTERRUPTED
 from sweeplab.training import trainer
 from sweeplab.training.augment import image_distortions
 from sweeplab.training.checkpoint import TrainState
-from sweeplab.training.data import Dataset
+from sweeplab.training.data import Dataset, load_dataset
+from sweeplab.training.loops import Loop, choose_loop
 from sweeplab.training.mlflow_helper import Helper, shared_helper
 from sweeplab.training.model import predict_proba
-from sweeplab.training.stack.trainer import covers_alone, run_alone
+from sweeplab.training.stack.trainer import run_alone
 from sweeplab.training.trainer import Callback, TrainResult
 
 HAND_OVER_EVERY_S = 0.1  # how often a run hands its metrics to the helper process
@@ -300,8 +301,9 @@ def train(
     resume: TrainState | None = None,
 ) -> TrainResult:
     """`trainer.run`, or the same steps as a stack of one where that loop covers `cfg`."""
-    if covers_alone(cfg) and resume is None:  # a stack resumes nothing
-        return run_alone(cfg, callbacks)
+    data, device = load_dataset(cfg.data), trainer.resolve_device(cfg.trainer.device)
+    if resume is None and choose_loop(cfg, data, device) is Loop.STACK_NATIVE:
+        return run_alone(cfg, callbacks)  # (a stack resumes nothing)
     return trainer.run(cfg, callbacks, checkpoint, resume)
 
 

@@ -8,8 +8,9 @@ metrics; the loop itself knows nothing about them. A callback may stop training 
 Speed by design: the data sits on the device as tensors and each epoch gathers its batches with
 one random permutation (no DataLoader collation), optimizers use fused/foreach kernels, the inner
 loop never syncs with the host (`.item()` once per epoch), evaluation runs in large chunks in
-inference mode. How the steps are made is decided once per run by `fast.fast_steps`: the
-lecture's hand-derived gradients, in C++ for whole epochs where that applies, else autograd.
+inference mode. How the steps are made is decided once per run, from its config, by
+`loops.choose_loop`: the lecture's hand-derived gradients, in C++ for whole epochs where that
+applies, else autograd (`fast.fast_steps` makes the steps it names).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sweeplab.training.checkpoint import TrainState
 from sweeplab.training.data import Dataset, load_dataset
 from sweeplab.training.fast import ManualSteps, fast_steps
 from sweeplab.training.fast.lean_adam import step_function
+from sweeplab.training.loops import Loop, choose_loop
 from sweeplab.training.model import LossFn, TwoLayerNet, count_correct, loss_for_task
 from sweeplab.training.optim import build_optimizer, build_schedule
 
@@ -275,14 +277,18 @@ def setup(cfg: Config) -> Setup:
     optimizer = build_optimizer(list(model.parameters()), cfg.optimizer)
     loss_fn = loss_for_task(data.task)
     augment = image_distortions(cfg.trainer, data, device)
-    steps = fast_steps(model, optimizer, data.task, cfg.trainer, augment is not None, device)
+    loop = choose_loop(cfg, data, device, "single-run")
+    if loop is Loop.AUTOGRAD:
+        steps = AutogradSteps(model, optimizer, loss_fn)
+    else:
+        steps = fast_steps(model, optimizer, data.task, native_loop=loop is Loop.NATIVE)
     return Setup(
         data,
         model,
         optimizer,
         build_schedule(optimizer, cfg.trainer),
         loss_fn,
-        steps or AutogradSteps(model, optimizer, loss_fn),
+        steps,
         augment,
         torch.Generator().manual_seed(
             cfg.seed if cfg.trainer.shuffle_seed is None else cfg.trainer.shuffle_seed

@@ -1,16 +1,16 @@
 """The optional speed path of the trainer, behind one entry: `fast_steps`.
 
-    steps = fast_steps(model, optimizer, task, cfg.trainer, augmented, device)  # or None
+    steps = fast_steps(model, optimizer, task, native_loop)
 
-decides once, when a run starts, how its training steps are made:
+makes the steps of the single-run loop that `loops.choose_loop` chose for a run (for
+Loop.AUTOGRAD the trainer makes its plain autograd steps):
 
-- `ManualSteps`: the lecture's back-propagation equations (`backprop.ManualBackprop`) instead of
-  an autograd graph, in the trainer's Python loop over the batches, where the network is the
-  plain TwoLayerNet (`trainer.backward=auto`, or `manual`);
-- `NativeSteps`: the same steps, with Adam/AdamW (`lean_adam.LeanAdam`) on the CPU and no
-  augmentation, made by the C++ loop of `native` for whole epochs (`trainer.native=true`): the
-  same ATen calls in the same order, so the same weights bit for bit;
-- None: the trainer's plain autograd steps.
+- `ManualSteps` (Loop.MANUAL): the lecture's back-propagation equations
+  (`backprop.ManualBackprop`) instead of an autograd graph, in the trainer's Python loop over
+  the batches;
+- `NativeSteps` (Loop.NATIVE): the same steps, with Adam/AdamW (`lean_adam.LeanAdam`), made by
+  the C++ loop of `native` for whole epochs: the same ATen calls in the same order, so the same
+  weights bit for bit; where the C++ loop did not build here, ManualSteps.
 
 Each kind of steps is a callable making one step (`steps(xb, yb, logits_b)`) plus
 `train_epoch(...)`, which makes an epoch's steps where it can and returns how many samples it
@@ -24,10 +24,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sweeplab.config import TrainerConfig
 from sweeplab.training.fast import native
-from sweeplab.training.fast.backprop import ManualBackprop, supports_manual_backward
-from sweeplab.training.fast.lean_adam import LeanAdam, step_function
+from sweeplab.training.fast.backprop import ManualBackprop
+from sweeplab.training.fast.lean_adam import step_function
 
 
 class ManualSteps:
@@ -81,26 +80,11 @@ class NativeSteps(ManualSteps):
 
 
 def fast_steps(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    task: str,
-    trainer: TrainerConfig,
-    augmented: bool,
-    device: torch.device,
-) -> ManualSteps | None:
-    """The steps of the fastest path that covers this run, or None for the autograd steps."""
-    manual = trainer.backward == "manual" or (
-        trainer.backward == "auto" and supports_manual_backward(model)
-    )
-    if not manual:
-        return None
+    model: nn.Module, optimizer: torch.optim.Optimizer, task: str, native_loop: bool
+) -> ManualSteps:
+    """The hand-derived steps of Loop.MANUAL, or with `native_loop` of Loop.NATIVE (which
+    `loops.choose_loop` chose): NativeSteps where the C++ loop is built here, else ManualSteps."""
     backprop = ManualBackprop(model, task)
-    if (
-        trainer.native
-        and not augmented  # the C++ loop has no augmentation
-        and device.type == "cpu"
-        and isinstance(optimizer, LeanAdam)
-        and native.load() is not None  # built here on a machine's first run, else a warning
-    ):
+    if native_loop and native.load() is not None:  # built on a machine's first run, else a warning
         return NativeSteps(backprop, optimizer)
     return ManualSteps(backprop, optimizer)

@@ -31,9 +31,10 @@ from sweeplab.training import trainer as single_run
 from sweeplab.training.augment import Augment, image_distortions
 from sweeplab.training.data import Dataset, load_dataset
 from sweeplab.training.fast import native
+from sweeplab.training.loops import Loop, choose_loop
 from sweeplab.training.model import TwoLayerNet, loss_for_task
 from sweeplab.training.stack.model import Pieces, StackedNet, StackLayout
-from sweeplab.training.stack.optim import RULE_CODES, LrSchedules, StackedOptimizer, unsupported
+from sweeplab.training.stack.optim import RULE_CODES, LrSchedules, StackedOptimizer
 from sweeplab.training.trainer import (
     Callback,
     DivergenceError,
@@ -166,25 +167,6 @@ def run_stack(
     return outcomes
 
 
-def covers_alone(cfg: Config) -> bool:
-    """Whether a single run of `cfg` trains as a stack of one (`run_alone`): where the stacked
-    C++ loop runs it (`native_loop_for`: a small input on the CPU, hand-derived gradients, no
-    dropout or augmentation), it makes the same steps with less overhead than the single-run
-    loop, whatever the width and optimizer (`benchmarks/stacked_sweeps.py`, part one). A run that
-    checkpoints (`trainer.checkpoint_every`) trains alone: a stack writes no checkpoints."""
-    return (
-        cfg.trainer.native
-        and not cfg.trainer.checkpoint_every
-        and unsupported(cfg.optimizer) is None
-        and cfg.trainer.backward != "autograd"
-        and resolve_device(cfg.trainer.device).type == "cpu"
-        and not cfg.trainer.distorts_images
-        and not cfg.model.dropout
-        and not cfg.model.input_dropout
-        and load_dataset(cfg.data).n_features <= NATIVE_MAX_INPUTS
-    )
-
-
 def run_alone(cfg: Config, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """`trainer.run(cfg, callbacks)` as a stack of one member: the same result, or the same
     error (a callback's, or DivergenceError)."""
@@ -246,7 +228,10 @@ class Stack:
         self.schedules = schedules
         self.augment = augment
         self.diverged_above = diverged_above
-        self.loop = native_loop_for(net, augment, configs[0])
+        native_everywhere = all(
+            choose_loop(cfg, data, net.flat.device, "stack") is Loop.STACK_NATIVE for cfg in configs
+        )
+        self.loop = native.load_stack() if native_everywhere else None
         self.last: list[dict[str, float]] = [{} for _ in configs]  # each member's last epoch
 
     @classmethod
@@ -431,7 +416,7 @@ def train_stack_epoch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass of every member over a fresh shuffle of the training set (the same batches as
     trainer.train_one_epoch with the same generator); each member's (mean loss, accuracy).
-    With `loop` (fast/stack_loop.cpp, see `native_loop_for`) the steps run in C++."""
+    With `loop` (fast/stack_loop.cpp, see `loops.choose_loop`) the steps run in C++."""
     x, y = data.x_train, data.y_train
     n = x.shape[0]
     order = torch.randperm(n, generator=generator).to(x.device)
@@ -517,21 +502,3 @@ def evaluate_stack(
         correct += accuracy.to(x.device) * len(yb)
     n = x.shape[0]
     return _by_member(net, total_loss / n), _by_member(net, correct / n)
-
-
-NATIVE_MAX_INPUTS = 64  # wider inputs are a matrix product, which ATen's path does better
-
-
-def native_loop_for(net: StackedNet, augment: Augment | None, cfg: Config) -> ModuleType | None:
-    """fast/stack_loop.cpp where it covers the stack (hand-derived gradients of a small input on
-    the CPU, float32, no augmentation; `trainer.native`), else None: the Python loop."""
-    if (
-        not cfg.trainer.native
-        or net.autograd
-        or augment is not None
-        or net.flat.device.type != "cpu"
-        or net.flat.dtype != torch.float32
-        or net.layout.d_in > NATIVE_MAX_INPUTS
-    ):
-        return None
-    return native.load_stack()
