@@ -3,11 +3,13 @@
     python benchmarks/trial_overhead.py [--trials 12] [--out outputs/bench]
     python benchmarks/trial_overhead.py --experiment lecture_mnist --epochs 20   # MNIST epochs
 
-1. Fixed cost: a synthetic sweep of one-epoch trials in this process (imports, the MLflow store
-   and torch.optim's first-use import of torch._dynamo are done before the clock starts, as the
-   command-line entry points do, and as in a long sweep); the wall time per trial minus its
-   training epochs, split into config compose, MLflow run start, trainer setup (data, model,
-   optimizer), result logging (plots, weights), run end and the sweep's own bookkeeping.
+1. Fixed cost: a synthetic sweep of one-epoch trials in this process, one trial at a time
+   (`sweep.stack=1`: each trains as a stack of one, the loop `loops.choose_loop` picks for
+   small inputs; imports and the MLflow store are done before the clock starts, as in a long
+   sweep); the wall time per trial minus its training epoch and evaluation, split into the
+   Optuna ask and sampling, the config, the MLflow run start, the data and network, result
+   logging, run end, the Optuna tell and the sweep's own bookkeeping. The wall time includes
+   the wait at the end for the MLflow helper's last writes.
 2. Logging share: the lecture's synthetic demo (about 2 ms epochs, the worst case for logging)
    trained alone, then with its MLflow run logging the metrics of every epoch through the metric
    writer process (the default), written by the training process itself
@@ -59,24 +61,29 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="sweeplab-overhead-"))
     os.environ["SWEEPLAB_OUTPUT"] = str(workdir)
 
+    import optuna
     from hydra import compose, initialize_config_dir
 
     from sweeplab.config import CONF_DIR, register_configs, to_config
     from sweeplab.runtime import freeze_long_lived_objects
     from sweeplab.sweep import plan, results, storage, worker
-    from sweeplab.training import tracking, trainer
+    from sweeplab.training import tracking
+    from sweeplab.training.stack.trainer import Stack
     from sweeplab.training.tracking import train_and_track
 
     register_configs()
-    timed(worker, "compose_trials", "config compose")  # the name Worker calls
+    # the names a sweep calls for a trial alone (which trains as a stack of one)
+    timed(optuna.Study, "ask", "Optuna ask")
+    timed(worker, "suggest", "sampling")
+    timed(worker, "compose_trials", "config")
     timed(tracking.TrackedRun, "start", "MLflow run start (handed to the helper)")
-    timed(tracking.TrackedRun, "log_result", "log result (test metrics, plots)")
-    timed(tracking.TrackedRun, "end", "MLflow run end (waits for the helper)")
+    timed(Stack, "build", "data, network, optimizer")
+    timed(Stack, "train_and_validate", "training epoch")
+    timed(Stack, "result", "test evaluation")
+    timed(tracking.TrackedRun, "log_result", "log result (test metrics)")
+    timed(tracking.TrackedRun, "end", "MLflow run end (handed to the helper)")
+    timed(optuna.Study, "tell", "Optuna tell")
     timed(worker.Worker, "after_trial", "sweep bookkeeping (tags, best value)")
-    timed(trainer, "load_dataset", "data (cached per process)")
-    timed(trainer, "build_optimizer", "optimizer build")  # the name trainer.run calls
-    timed(trainer, "train_one_epoch", "training epoch")
-    timed(trainer, "evaluate", "evaluation (val and test)")
 
     overrides = [
         "sweep=synthetic",
@@ -97,7 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         study = storage.open_study(sweep_plan)
         started = time.perf_counter()
         parent = results.find_or_create_parent(sweep_plan, study)
-        worker.Worker(sweep_plan, study, parent, "").work(None)
+        sweep_worker = worker.Worker(sweep_plan, study, parent, "")
+        sweep_worker.work(None)
+        sweep_worker.helper.sync()  # the runs' last writes, as the sweep's end waits for them
         wall = time.perf_counter() - started
         trials = study.get_trials()
 
@@ -118,10 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     lines.append("|---|---:|")
     for label, values in TIMES.items():
         lines.append(f"| {label} | {sum(values) / n:.4f} |")
-    work = sum(TIMES["training epoch"]) + sum(TIMES["evaluation (val and test)"])
+    work = sum(TIMES["training epoch"]) + sum(TIMES["test evaluation"])
     lines.append(f"| wall per trial | {wall / n:.4f} |")
     lines.append(
-        f"| **fixed cost per trial (wall - training epoch - evaluation)** | **{(wall - work) / n:.4f}** |"
+        f"| **fixed cost per trial (wall - training epoch - test evaluation)** | **{(wall - work) / n:.4f}** |"
     )
 
     # logging share: the same training alone, then with its MLflow run, in turns (the VM's speed
@@ -135,13 +144,13 @@ def main(argv: list[str] | None = None) -> None:
         "every epoch, written by the training process": (False, 1),
         "every 4th epoch, written by the training process": (False, 4),
     }
-    trainer.run(cfg)  # warm-up
+    tracking.train(cfg)  # warm-up; the loop train_and_track trains with (choose_loop)
     train_and_track(cfg)  # starts this process's MLflow helper (seconds, on another core)
     alone: list[float] = []
     measured: dict[str, list[tuple[float, float]]] = {label: [] for label in modes}
     for _ in range(args.rounds):
         started = time.perf_counter()
-        plain = trainer.run(cfg)
+        plain = tracking.train(cfg)
         alone.append(time.perf_counter() - started)
         for label, (background, every) in modes.items():
             cfg.tracking.background_metrics = background
@@ -155,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     epochs = sum(h["time/epoch_s"] for h in plain.history)
     lines += ["", f"# MLflow logging share: experiment={args.experiment}, {args.epochs} epochs", ""]
     lines.append(
-        f"trainer.run alone: {base:.3f} s (median of {args.rounds}), of which training epochs "
+        f"the training alone (tracking.train): {base:.3f} s (median of {args.rounds}), of which training epochs "
         f"{epochs:.3f} s ({epochs / args.epochs * 1e3:.2f} ms each)"
     )
     lines += [

@@ -48,6 +48,9 @@ def test_trial_overhead_smoke(tmp_path):
     run_benchmark("trial_overhead.py", *args)
     report = (tmp_path / "trial_overhead.md").read_text()
     assert "**fixed cost per trial" in report
+    # the parts are timed where a trial runs today (a part never called has no row)
+    for part in ("Optuna ask", "sampling", "config", "training epoch", "test evaluation"):
+        assert f"| {part}" in report, part
     for label in ("every epoch, MLflow helper", "every epoch, written by", "every 4th epoch"):
         assert f"| {label}" in report
 
