@@ -8,8 +8,8 @@
    small inputs; imports and the MLflow store are done before the clock starts, as in a long
    sweep); the wall time per trial minus its training epoch and evaluation, split into the
    Optuna ask and sampling, the config, the MLflow run start, the data and network, result
-   logging, run end, the Optuna tell and the sweep's own bookkeeping. The wall time includes
-   the wait at the end for the MLflow helper's last writes.
+   logging, run end and the sweep's own bookkeeping (with Optuna's tell). The wall time
+   includes the wait at the end for the MLflow helper's last writes.
 2. Logging share: the lecture's synthetic demo (about 2 ms epochs, the worst case for logging)
    trained alone, then with its MLflow run logging the metrics of every epoch through the metric
    writer process (the default), written by the training process itself
@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     timed(Stack, "train_and_validate", "training epoch")
     timed(Stack, "result", "test evaluation")
     timed(tracking.TrackedRun, "log_result", "log result (test metrics)")
-    timed(tracking.TrackedRun, "end", "MLflow run end (handed to the helper)")
-    timed(optuna.Study, "tell", "Optuna tell")
+    timed(tracking.TrackedRun, "end", "MLflow run end (waits for the helper)")
     timed(worker.Worker, "after_trial", "sweep bookkeeping (tags, best value)")
 
     overrides = [

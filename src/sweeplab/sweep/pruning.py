@@ -33,7 +33,7 @@ from sweeplab.sweep.sampling import FirstObjective
 from sweeplab.sweep.storage import keep_reports, write_reports
 from sweeplab.training.trainer import Callback
 
-REPORT_EVERY_S = 0.5  # a trial or a stack writes its intermediate values to Optuna this often
+REPORT_EVERY_S = 0.5  # a stack writes its intermediate values to the Optuna storage this often
 # the pruners whose decisions a stack makes for all its members at once (`percentile_says`)
 PERCENTILE_PRUNERS = (optuna.pruners.MedianPruner, optuna.pruners.PercentilePruner)
 
@@ -59,35 +59,26 @@ class StudyView(FirstObjective):
 
 
 class PruningCallback(Callback):
-    """Reports the objective to Optuna after every epoch and stops a trial it prunes. Its
-    reports are written as a stack's are: at most every REPORT_EVERY_S (a journal append is a
-    file sync), and all of them before the trial ends (`write`, which its worker calls)."""
+    """Reports the objective to Optuna after every epoch and stops a trial it prunes."""
 
     def __init__(self, trial: optuna.Trial, metric: str, guard: FrontGuard | None) -> None:
         self.trial = trial
         self.metric = metric
         self.guard = guard
         self.view = StudyView(trial.study)
-        self.unwritten: list[tuple[optuna.Trial, float, int]] = []
-        self.written_at = time.monotonic()
+        self.read_at = time.monotonic()
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         value = metrics[self.metric]
         # what Trial.report does, which Optuna refuses in a study of several objectives: there
         # the first one's values are what its trials are pruned on
         keep_reports([(self.trial, value, epoch)])
-        self.unwritten.append((self.trial, value, epoch))
-        if time.monotonic() - self.written_at >= REPORT_EVERY_S:
-            self.write()
+        write_reports([(self.trial, value, epoch)])
+        if time.monotonic() - self.read_at >= REPORT_EVERY_S:
+            self.view.forget()
+            self.read_at = time.monotonic()
         if prunes(self.view, self.trial, self.guard, epoch, metrics):
             raise optuna.TrialPruned(f"pruned at epoch {epoch} with {self.metric}={value:.4g}")
-
-    def write(self) -> None:
-        """Write the reports not yet written, and read the study afresh from now on."""
-        write_reports(self.unwritten)
-        self.unwritten = []
-        self.written_at = time.monotonic()
-        self.view.forget()
 
 
 def prunes(

@@ -258,22 +258,17 @@ class Worker:
         }
         if resume is not None:
             tags["sweeplab.resumed_from_epoch"] = str(resume.epoch)
-        pruning = PruningCallback(trial, self.plan.objective, front_guard(self.plan, cfg))
-        try:
-            return train_and_track(
-                cfg,
-                callbacks=(pruning,),
-                parent_run_id=self.parent_run_id,
-                tags=tags,
-                finished_on=(optuna.TrialPruned,),
-                on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
-                key=self.run_key(trial.number),
-                checkpoint=self.checkpoint_file(trial.number),
-                resume=resume,
-                wait=False,  # the helper writes the run while the next trial trains
-            )
-        finally:
-            pruning.write()  # every epoch's report, before Optuna is told how the trial ended
+        return train_and_track(
+            cfg,
+            callbacks=(PruningCallback(trial, self.plan.objective, front_guard(self.plan, cfg)),),
+            parent_run_id=self.parent_run_id,
+            tags=tags,
+            finished_on=(optuna.TrialPruned,),
+            on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+            key=self.run_key(trial.number),
+            checkpoint=self.checkpoint_file(trial.number),
+            resume=resume,
+        )
 
     def checkpoint_file(self, number: int) -> Path:
         """Where trial `number` keeps its last checkpoint (`trainer.checkpoint_every`)."""

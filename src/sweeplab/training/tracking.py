@@ -246,18 +246,14 @@ def tracked_run(
     finished_on: tuple[type[BaseException], ...] = (),
     on_started: Callable[[str], None] | None = None,
     key: str | None = None,
-    wait: bool = True,
 ) -> Iterator[TrackedRun]:
     """An MLflow run around a block. Exceptions in `finished_on` (e.g. a pruned trial) still end
-    it FINISHED; Ctrl-C ends it KILLED; anything else FAILED. The exception always propagates.
-    Without `wait`, a run that ends FINISHED is left to the helper to write (its start
-    confirmed, `on_started` told), and the caller syncs later: a sweep's next trial trains
-    meanwhile."""
+    it FINISHED; Ctrl-C ends it KILLED; anything else FAILED. The exception always propagates."""
     run = TrackedRun.start(cfg, parent_run_id, tags, on_started, key)
     try:
         yield run
     except finished_on:
-        _end_finished(run, wait)
+        run.end("FINISHED")
         raise
     except KeyboardInterrupt:
         run.end("KILLED", INTERRUPTED)
@@ -266,13 +262,7 @@ def tracked_run(
         run.fail(err)
         raise
     else:
-        _end_finished(run, wait)
-
-
-def _end_finished(run: TrackedRun, wait: bool) -> None:
-    if not wait:
-        run.wait_started()
-    run.end("FINISHED", wait=wait)
+        run.end("FINISHED")
 
 
 def train_and_track(
@@ -285,18 +275,16 @@ def train_and_track(
     key: str | None = None,
     checkpoint: Path | None = None,
     resume: TrainState | None = None,
-    wait: bool = True,
 ) -> tuple[TrainResult, str]:
     """Train `cfg` inside one MLflow run; return the result and the run id.
 
     A sweep trial is the same call with a parent run, its pruning callback,
     `finished_on=(TrialPruned,)` so that a pruned trial's run still ends FINISHED, and
     `on_run_start` to record the run id on the trial as soon as the store has made the run,
-    and the `key` it writes the trial's tags with (`mlflow_helper`), its `checkpoint` file
-    and the state it `resume`s from (`trainer.run`: the run logs the resumed epochs too), and
-    without `wait` for the helper to write a finished run (`tracked_run`).
+    and the `key` it writes the trial's tags with (`mlflow_helper`), and its `checkpoint` file
+    and the state it `resume`s from (`trainer.run`: the run logs the resumed epochs too).
     """
-    with tracked_run(cfg, parent_run_id, tags, finished_on, on_run_start, key, wait) as run:
+    with tracked_run(cfg, parent_run_id, tags, finished_on, on_run_start, key) as run:
         progress = trainer.ProgressBar(cfg.trainer.epochs, cfg.trainer.progress)
         try:
             result = train(cfg, (run, *callbacks, progress), checkpoint, resume)
