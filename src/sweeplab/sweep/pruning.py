@@ -91,7 +91,14 @@ def prunes(
     """The pruner's word on `trial` (as `Trial.should_prune`), unless its guard spares it."""
     if not view.pruner.prune(view, trial._get_latest_trial()):
         return False
-    return guard is None or not guard.spares(view, epoch, metrics)
+    return not spared(guard, view, epoch, metrics)
+
+
+def spared(
+    guard: FrontGuard | None, view: StudyView, epoch: int, metrics: dict[str, float]
+) -> bool:
+    """Whether a trial the pruner would prune may be on the Pareto front (several objectives)."""
+    return guard is not None and guard.spares(view, epoch, metrics)
 
 
 class StackPruning:
@@ -127,8 +134,7 @@ class StackPruning:
         says = self.pruner_says(epoch, {g: values[self.metric] for g, values in metrics.items()})
         pruned = {}
         for g, values in metrics.items():
-            guard = self.guards[g]
-            if says[g] and (guard is None or not guard.spares(self.view, epoch, values)):
+            if says[g] and not spared(self.guards[g], self.view, epoch, values):
                 value = values[self.metric]
                 pruned[g] = optuna.TrialPruned(
                     f"pruned at epoch {epoch} with {self.metric}={value:.4g}"

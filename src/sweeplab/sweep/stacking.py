@@ -78,10 +78,10 @@ class Claimed:
 
 def stack_size(plan: SweepPlan, corners: list[Config]) -> int:
     """`sweep.stack`, or (0) as many as pay: AUTO_STACK where the stacked C++ loop covers every
-    trial (`choose_loop` says STACK_NATIVE: a small input on the CPU, no augmentation, no dropout, an optimizer
-    stacks train with) at each of the space's `corners` (every bound and choice), else 1: a trial
-    of a wide input is matrix products, which a stack does not make cheaper, and one stacks
-    cannot train (another optimizer, AMSGrad) must train alone."""
+    trial (`choose_loop` says STACK_NATIVE: a small input on the CPU, no augmentation, no
+    dropout, an optimizer stacks train with) at each of the space's `corners` (every bound and
+    choice), else 1: a trial of a wide input is matrix products, which a stack does not make
+    cheaper, and one stacks cannot train (another optimizer, AMSGrad) must train alone."""
     if plan.settings.stack:
         return plan.settings.stack
     alone = [
